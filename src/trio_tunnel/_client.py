@@ -1,0 +1,279 @@
+"""A client: holds one WebSocket to the server, reconnecting forever with capped backoff.
+
+Its listen sockets are open only while it is connected and outside a standby close period,
+so applications at this site fail over elsewhere while this side cannot carry them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, NoReturn
+
+import trio
+import trio_websocket
+
+from . import _ws
+from ._config import Config
+from ._errors import HandshakeError, RemoteProtocolError
+from ._listen import serve_accepts
+from ._hello import client_handshake
+from ._session import Session, SessionSettings
+from ._stream import TunnelStream, reset_tcp
+
+log = logging.getLogger("trio_tunnel.client")
+
+_BIND_RETRY_SECS = 1.0
+
+
+class Client:
+    """A running client. Get one from :func:`open_client` or ``nursery.start(serve_client)``."""
+
+    def __init__(self, config: Config) -> None:
+        if config.role != "client" or config.client_id is None:
+            raise ValueError("Client needs a config with role = 'client' and a client_id")
+        self.config = config
+        self.client_id: int = config.client_id
+        self._connects = {c.tunnel: (c.host, c.port) for c in config.connect}
+        self._session: Session | None = None
+        self.active = False
+        self.epoch = 0
+        self._closed_until = 0.0
+        self._activation_sent_epoch = -1
+        self._changed = trio.Event()
+        self.listen_ports: dict[str, int] = {}
+        self.listening = False
+        self.connections = 0
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and not self._session.closed
+
+    async def wait_for(self, what: str) -> None:
+        """Wait until ``what`` holds: "connected", "disconnected", "active", "standby",
+        "listening" or "not listening" (callers bound this with a timeout)."""
+        checks = {
+            "connected": lambda: self.connected,
+            "disconnected": lambda: not self.connected,
+            "active": lambda: self.connected and self.active,
+            "standby": lambda: self.connected and not self.active,
+            "listening": lambda: self.listening,
+            "not listening": lambda: not self.listening,
+        }
+        check = checks[what]
+        while not check():
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
+                    ) -> NoReturn:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._manage_listeners)
+            task_status.started(self)
+            await self._connect_forever()
+        raise AssertionError("unreachable")
+
+    # -- connection ----------------------------------------------------------------------
+    async def _connect_forever(self) -> NoReturn:
+        ws_settings = self.config.websocket
+        delay = ws_settings.reconnect_min_secs
+        last_failure: str | None = None
+        url = f"{ws_settings.scheme}://{_host_for_url(ws_settings.host)}:{ws_settings.port}" \
+              f"{ws_settings.path}"
+        while True:
+            try:
+                reason = await self._run_connection(url)
+                log.warning("client %d: disconnected from %s: %s", self.client_id, url, reason)
+                last_failure = None
+                delay = ws_settings.reconnect_min_secs
+            except (OSError, HandshakeError, trio_websocket.HandshakeError,
+                    trio_websocket.ConnectionClosed, RemoteProtocolError, trio.TooSlowError
+                    ) as exc:
+                failure = _describe_failure(exc)
+                if failure != last_failure:
+                    log.warning("client %d: cannot connect to %s: %s (retrying with backoff "
+                                "up to %gs; logged again only if the error changes)",
+                                self.client_id, url, failure, ws_settings.reconnect_max_secs)
+                    last_failure = failure
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, ws_settings.reconnect_max_secs)
+
+    async def _run_connection(self, url: str) -> str:
+        ws_settings = self.config.websocket
+        streams = self.config.streams
+        async with _ws.connect(
+            url,
+            ssl_context=None,
+            headers=[],
+            connect_timeout=ws_settings.handshake_timeout_secs,
+            close_timeout=ws_settings.close_timeout_secs,
+        ) as ws:
+            peer_window, _welcome = await client_handshake(
+                ws,
+                client_id=self.client_id,
+                window=streams.window_bytes,
+                listen=[entry.tunnel for entry in self.config.listen],
+                connect=[entry.tunnel for entry in self.config.connect],
+                timeout=ws_settings.handshake_timeout_secs,
+            )
+            settings = SessionSettings(
+                window=streams.window_bytes,
+                peer_window=peer_window,
+                max_streams=streams.max_streams_per_session,
+                connect_timeout=streams.connect_timeout_secs,
+                ping_interval=ws_settings.ping_interval_secs,
+                ping_timeout=ws_settings.ping_timeout_secs,
+            )
+            session = Session(ws, self, settings, is_server=False, name="server")
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(session.run)
+                    self._session = session
+                    self.connections += 1
+                    log.info("client %d: connected to %s", self.client_id, url)
+                    self._notify()
+            finally:
+                self._session = None
+                self.active = False
+                self._notify()
+            return session.closing_reason or "closed"
+
+    # -- SessionOwner --------------------------------------------------------------------
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
+        target = self._connects.get(tunnel)
+        if target is None:
+            return f"unknown tunnel {tunnel!r}: no connect entry on client {self.client_id}"
+        return target
+
+    def on_control(self, session: Session, message: dict[str, Any]) -> None:
+        if message.get("type") != "state":
+            raise RemoteProtocolError(f"unknown CONTROL message type {message.get('type')!r}")
+        epoch, active = message.get("epoch"), message.get("active")
+        if type(epoch) is not int or type(active) is not bool:
+            raise RemoteProtocolError(f"malformed state message {message!r}")
+        self.epoch = epoch
+        self.active = active
+        if active:
+            self._closed_until = 0.0
+            log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
+        elif message.get("demoted"):
+            close_secs = message.get("standby_socket_close_secs")
+            if type(close_secs) not in (int, float) or not 0 <= close_secs < 1e6:
+                raise RemoteProtocolError(f"malformed state message {message!r}")
+            self._closed_until = trio.current_time() + close_secs
+            log.warning("client %d: demoted to standby (epoch %d): resetting streams, listen "
+                        "sockets closed for %gs", self.client_id, epoch, close_secs)
+            session.start_reset_all_streams("demoted to standby")
+        else:
+            log.info("client %d: standby (epoch %d)", self.client_id, epoch)
+        self._notify()
+
+    def _on_first_data(self, stream: TunnelStream) -> None:
+        session = self._session
+        if session is None or self.active or self._activation_sent_epoch == self.epoch:
+            return
+        if trio.current_time() < self._closed_until:
+            return
+        self._activation_sent_epoch = self.epoch
+        log.info("client %d: data on standby listener (tunnel %s): asking to become active",
+                 self.client_id, stream.tunnel)
+        session.send_control({"type": "activate", "epoch": self.epoch})
+
+    # -- listen sockets ------------------------------------------------------------------
+    def _want_listeners(self) -> bool:
+        return self.connected and trio.current_time() >= self._closed_until
+
+    async def _manage_listeners(self) -> NoReturn:
+        while True:
+            if not self._want_listeners():
+                await self._wait_change_or(self._closed_until if self.connected else None)
+                continue
+            try:
+                listeners = await self._bind_all()
+            except OSError as exc:
+                log.warning("client %d: cannot open listen sockets: %s (retrying in %gs)",
+                            self.client_id, exc, _BIND_RETRY_SECS)
+                await trio.sleep(_BIND_RETRY_SECS)
+                continue
+            async with trio.open_nursery() as nursery:
+                for tunnel, tunnel_listeners in listeners:
+                    nursery.start_soon(serve_accepts, tunnel_listeners,
+                                       partial(self._on_tcp, tunnel))
+                self.listening = True
+                self._notify()
+                log.info("client %d: listening: %s", self.client_id,
+                         ", ".join(f"{t} on {p}" for t, p in self.listen_ports.items()) or "none")
+                while self._want_listeners():
+                    await self._wait_change_or(None)
+                nursery.cancel_scope.cancel()
+            self.listening = False
+            self._notify()
+            log.info("client %d: listen sockets closed", self.client_id)
+
+    async def _wait_change_or(self, deadline: float | None) -> None:
+        with trio.move_on_at(deadline if deadline is not None else float("inf")):
+            await self._changed.wait()
+
+    async def _bind_all(self) -> list[tuple[str, list[trio.SocketListener]]]:
+        bound: list[tuple[str, list[trio.SocketListener]]] = []
+        try:
+            for entry in self.config.listen:
+                # Port 0 binds a free port once; later re-openings reuse that port.
+                port = self.listen_ports.get(entry.tunnel, entry.port)
+                listeners = await trio.open_tcp_listeners(port, host=entry.bind)
+                self.listen_ports[entry.tunnel] = listeners[0].socket.getsockname()[1]
+                bound.append((entry.tunnel, listeners))
+        except BaseException:
+            for _, listeners in bound:
+                for listener in listeners:
+                    await listener.aclose()
+            raise
+        return bound
+
+    def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
+        session = self._session
+        if session is None:
+            reset_tcp(tcp)
+            return
+        session.open_stream(tunnel, tcp, epoch=self.epoch, on_first_data=self._on_first_data)
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"rejected with HTTP {exc.status_code}"
+    if isinstance(exc, trio_websocket.HandshakeError) and exc.__cause__ is not None:
+        return _describe_failure(exc.__cause__)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, trio.TooSlowError):
+        return "handshake timed out"
+    return str(exc) or type(exc).__name__
+
+
+@asynccontextmanager
+async def open_client(config: Config) -> AsyncIterator[Client]:
+    """Run a client for the duration of the ``async with`` block."""
+    async with trio.open_nursery() as nursery:
+        client: Client = await nursery.start(serve_client, config)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_client(
+    config: Config, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
+) -> NoReturn:
+    """Run a client until cancelled; ``nursery.start`` returns the :class:`Client`."""
+    await Client(config).serve(task_status=task_status)

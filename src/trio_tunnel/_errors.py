@@ -1,0 +1,46 @@
+"""The one error tree every part of trio-tunnel raises from."""
+
+from __future__ import annotations
+
+
+class TunnelError(Exception):
+    """Base of every error trio-tunnel raises on purpose."""
+
+
+class ConfigError(TunnelError):
+    """A configuration is invalid.
+
+    The message names the file (when there is one) and the key path, e.g.
+    ``server.toml: listen[1].port: expected an integer``.
+    """
+
+
+class ProtocolError(TunnelError):
+    """The tunnel protocol was violated."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol forbids: a bug or misuse on this side."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids.
+
+    ``close_code`` is the WebSocket close code to answer with.
+    """
+
+    def __init__(self, message: str, *, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class HandshakeError(TunnelError):
+    """The tunnel handshake failed: wrong version, role, client id or a timeout."""
+
+
+class StreamReset(TunnelError):
+    """A tunnel stream was reset; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,316 @@
+"""The server: accepts the two clients' WebSockets, routes streams, supervises failover.
+
+State changes (who is connected, who is active) are synchronous, so they are atomic with
+respect to every other task: the moment a switch is decided, new streams go to the new
+active client. The slow part of a switch, resetting the old client's streams and waiting for
+them to close, runs in the supervisor nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from . import _ws
+from ._config import Config
+from ._errors import HandshakeError, RemoteProtocolError
+from ._listen import serve_accepts
+from ._hello import send_refusal, send_welcome, server_handshake
+from ._session import Session, SessionSettings
+from ._stream import reset_tcp
+
+log = logging.getLogger("trio_tunnel.server")
+
+
+@attrs.frozen
+class ClientInfo:
+    client_id: int
+    remote: str
+    connected_at: float
+    streams: int
+    demoted_until: float
+
+
+@attrs.frozen
+class ServerState:
+    """A snapshot of who is connected and who is active (times are ``trio.current_time()``)."""
+
+    clients: dict[int, ClientInfo]
+    active: int | None
+    epoch: int
+    since: float
+    reason: str
+
+    @property
+    def connected(self) -> tuple[int, ...]:
+        return tuple(sorted(self.clients))
+
+
+@attrs.define
+class _Client:
+    client_id: int
+    session: Session
+    remote: str
+    connected_at: float
+    demoted_until: float = 0.0
+    demoted_epoch: int | None = None
+
+
+class Server:
+    """A running server. Get one from :func:`open_server` or ``nursery.start(serve_server)``."""
+
+    def __init__(self, config: Config) -> None:
+        if config.role != "server":
+            raise ValueError("Server needs a config with role = 'server'")
+        self.config = config
+        self._connects = {c.tunnel: (c.host, c.port) for c in config.connect}
+        self._clients: dict[int, _Client] = {}
+        self._active: int | None = None
+        self._epoch = 0
+        self._since = trio.current_time()
+        self._reason = "started"
+        self._changed = trio.Event()
+        self._supervisor: trio.Nursery | None = None
+        self.websocket_port = 0
+        self.listen_ports: dict[str, int] = {}
+        self.switches = 0
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def state(self) -> ServerState:
+        return ServerState(
+            clients={
+                cid: ClientInfo(cid, c.remote, c.connected_at, c.session.stream_count,
+                                c.demoted_until)
+                for cid, c in sorted(self._clients.items())
+            },
+            active=self._active,
+            epoch=self._epoch,
+            since=self._since,
+            reason=self._reason,
+        )
+
+    async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
+        """Wait until ``predicate(state)`` holds (callers bound this with a timeout)."""
+        while True:
+            state = self.state
+            if predicate(state):
+                return state
+            await self._changed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                    ) -> NoReturn:
+        ws_settings = self.config.websocket
+        async with trio.open_nursery() as nursery:
+            self._supervisor = nursery
+            self.websocket_port = await nursery.start(
+                partial(
+                    _ws.serve,
+                    self._on_websocket,
+                    ws_settings.host,
+                    ws_settings.port,
+                    ssl_context=None,
+                    handshake_timeout=ws_settings.handshake_timeout_secs,
+                    close_timeout=ws_settings.close_timeout_secs,
+                )
+            )
+            for entry in self.config.listen:
+                listeners = await trio.open_tcp_listeners(entry.port, host=entry.bind)
+                self.listen_ports[entry.tunnel] = listeners[0].socket.getsockname()[1]
+                nursery.start_soon(serve_accepts, listeners, partial(self._on_tcp, entry.tunnel))
+            log.info(
+                "server listening for clients on %s://%s:%d%s; tunnels: %s",
+                ws_settings.scheme, ws_settings.host, self.websocket_port, ws_settings.path,
+                ", ".join(f"{t} on {self.listen_ports[t]}" for t in self.listen_ports) or "none",
+            )
+            task_status.started(self)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    # -- TCP side ------------------------------------------------------------------------
+    def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
+        client = self._clients.get(self._active) if self._active is not None else None
+        if client is None:
+            log.warning("tunnel %s: connection refused: no client is connected", tunnel)
+            reset_tcp(tcp)
+            return
+        client.session.open_stream(tunnel, tcp, epoch=self._epoch)
+
+    # -- SessionOwner --------------------------------------------------------------------
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
+        client = self._client_of(session)
+        if client is None:
+            return "client no longer registered"
+        if client.demoted_epoch is not None and epoch < client.demoted_epoch:
+            return f"opened at epoch {epoch}, before this client's demotion at {client.demoted_epoch}"
+        target = self._connects.get(tunnel)
+        if target is None:
+            return f"unknown tunnel {tunnel!r}: no connect entry on the server"
+        return target
+
+    def on_control(self, session: Session, message: dict[str, Any]) -> None:
+        client = self._client_of(session)
+        if client is None:
+            return
+        kind = message.get("type")
+        if kind != "activate":
+            raise RemoteProtocolError(f"unknown CONTROL message type {kind!r}")
+        epoch = message.get("epoch")
+        if self._active == client.client_id:
+            return
+        if epoch != self._epoch:
+            log.info("client %d: stale activation request (epoch %r, now %d) ignored",
+                     client.client_id, epoch, self._epoch)
+            return
+        now = trio.current_time()
+        if now < client.demoted_until:
+            log.info("client %d: activation refused: demoted %.1fs ago, close period not over",
+                     client.client_id, now - (client.demoted_until -
+                                              self.config.failover.standby_socket_close_secs))
+            return
+        self._switch(client.client_id, f"data arrived at client {client.client_id}'s listener")
+
+    def _client_of(self, session: Session) -> _Client | None:
+        for client in self._clients.values():
+            if client.session is session:
+                return client
+        return None
+
+    # -- failover ------------------------------------------------------------------------
+    def _switch(self, new_active: int | None, reason: str) -> None:
+        old_active = self._active
+        if old_active == new_active:
+            return
+        now = trio.current_time()
+        self._epoch += 1
+        self._active = new_active
+        self._since = now
+        self._reason = reason
+        self.switches += 1
+        if new_active is not None:
+            self._clients[new_active].session.send_control(
+                {"type": "state", "epoch": self._epoch, "active": True}
+            )
+        old = self._clients.get(old_active) if old_active is not None else None
+        if old is not None:
+            close_secs = self.config.failover.standby_socket_close_secs
+            old.demoted_until = now + close_secs
+            old.demoted_epoch = self._epoch
+            old.session.send_control(
+                {
+                    "type": "state",
+                    "epoch": self._epoch,
+                    "active": False,
+                    "demoted": True,
+                    "standby_socket_close_secs": close_secs,
+                }
+            )
+            assert self._supervisor is not None
+            self._supervisor.start_soon(self._reset_streams_of, old, reason)
+        self._log_state(f"active client {old_active} -> {new_active}: {reason}")
+
+    async def _reset_streams_of(self, client: _Client, reason: str) -> None:
+        count = await client.session.reset_all_streams(f"failover: {reason}")
+        log.info("client %d: %d streams reset by the failover", client.client_id, count)
+
+    def _log_state(self, what: str) -> None:
+        connected = ",".join(str(c) for c in sorted(self._clients)) or "none"
+        log.info("state (epoch %d): %s; connected: %s; active: %s",
+                 self._epoch, what, connected, self._active)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _register(self, client_id: int, session: Session, remote: str) -> None:
+        old = self._clients.get(client_id)
+        if old is not None:
+            log.warning("client %d: new connection from %s replaces the one from %s",
+                        client_id, remote, old.remote)
+            self._unregister(old, "replaced by a new connection")
+        self._clients[client_id] = _Client(client_id, session, remote, trio.current_time())
+        self._log_state(f"client {client_id} connected from {remote}")
+        if self._active is None:
+            self._switch(client_id, f"client {client_id} connected and no client was active")
+        else:
+            session.send_control({"type": "state", "epoch": self._epoch, "active": False})
+
+    def _unregister(self, client: _Client, reason: str) -> None:
+        if self._clients.get(client.client_id) is not client:
+            return
+        del self._clients[client.client_id]
+        client.session.close(reason)
+        self._log_state(f"client {client.client_id} disconnected: {reason}")
+        if self._active == client.client_id:
+            others = [cid for cid in self._clients if cid != client.client_id]
+            self._switch(others[0] if others else None,
+                         f"active client {client.client_id} lost: {reason}")
+
+    # -- WebSocket side ------------------------------------------------------------------
+    async def _on_websocket(self, request: _ws.Request) -> None:
+        remote = request.remote
+        ws_settings = self.config.websocket
+        if request.path.split("?")[0] != ws_settings.path.split("?")[0]:
+            log.warning("refused %s: unknown path %r", remote, request.path)
+            await request.reject(404, "unknown path\n")
+            return
+        ws = await request.accept()
+        try:
+            hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
+        except (HandshakeError, RemoteProtocolError, trio.TooSlowError, _ws.ConnectionClosed
+                ) as exc:
+            why = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            log.warning("refused %s: %s", remote, why or type(exc).__name__)
+            if not isinstance(exc, _ws.ConnectionClosed):
+                await send_refusal(ws, why)
+            await ws.aclose(1008, why)
+            return
+        streams = self.config.streams
+        settings = SessionSettings(
+            window=streams.window_bytes,
+            peer_window=hello.window,
+            max_streams=streams.max_streams_per_session,
+            connect_timeout=streams.connect_timeout_secs,
+            ping_interval=ws_settings.ping_interval_secs,
+            ping_timeout=ws_settings.ping_timeout_secs,
+        )
+        await send_welcome(ws, window=streams.window_bytes,
+                           standby_socket_close_secs=self.config.failover.standby_socket_close_secs)
+        session = Session(ws, self, settings, is_server=True, name=f"client {hello.client_id}")
+        reason = "closed"
+        client: _Client | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(session.run)
+                self._register(hello.client_id, session, remote)
+                client = self._clients[hello.client_id]
+        finally:
+            reason = session.closing_reason or reason
+            if client is not None:
+                self._unregister(client, reason)
+
+
+@asynccontextmanager
+async def open_server(config: Config) -> AsyncIterator[Server]:
+    """Run a server for the duration of the ``async with`` block.
+
+    >>> async with open_server(config) as server:  # doctest: +SKIP
+    ...     print(server.websocket_port, server.listen_ports)
+    """
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve_server, config)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_server(
+    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> NoReturn:
+    """Run a server until cancelled; ``nursery.start`` returns the :class:`Server`."""
+    await Server(config).serve(task_status=task_status)
