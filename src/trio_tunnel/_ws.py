@@ -23,6 +23,7 @@ from ._errors import RemoteProtocolError
 
 RECEIVE_BUFFER_SIZE = 256 * 1024
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+_CANCELLED_CLOSE_SECS = 0.1
 
 ConnectionClosed = trio_websocket.ConnectionClosed
 
@@ -50,8 +51,14 @@ class WebSocket:
         return message
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
-        """Close, waiting at most ``close_timeout`` for the peer; always releases the socket."""
-        with trio.move_on_after(self._close_timeout) as scope:
+        """Close, waiting at most ``close_timeout`` for the peer; always releases the socket.
+
+        When the caller is being cancelled (shutdown), the library's reader task is being
+        cancelled too and will never see the peer's answer: send the close frame and go.
+        """
+        cancelled = trio.current_effective_deadline() == -float("inf")
+        timeout = _CANCELLED_CLOSE_SECS if cancelled else self._close_timeout
+        with trio.move_on_after(timeout) as scope:
             scope.shield = True
             await self._ws.aclose(code, _clip_reason(reason))
 

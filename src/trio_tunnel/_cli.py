@@ -1,0 +1,105 @@
+"""The ``trio-tunnel`` command: run, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from ._config import Config, describe_config, load_config
+from ._errors import ConfigError
+
+log = logging.getLogger("trio_tunnel")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        return run_demo(verbose=args.verbose)
+    try:
+        config = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        print(f"trio-tunnel: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{args.config}: OK")
+        print(describe_config(config))
+        return EXIT_OK
+    setup_logging(config.logging.level)
+    try:
+        trio.run(_run, config)
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT before trio installed its handler
+        pass
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-tunnel",
+        description="High-availability TCP-over-WebSocket tunnel: one server, two clients.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"trio-tunnel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run a server or client from a TOML config")
+    run.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
+    check = sub.add_parser("check", help="validate a config and print what it would do")
+    check.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
+    demo = sub.add_parser(
+        "demo", help="run a server, two clients and an echo service in one process and show "
+        "traffic and a failover"
+    )
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the tunnel's log")
+    return parser
+
+
+def _config_path(argument: str) -> Path:
+    path = Path(argument)
+    if path.is_dir():
+        return path / "config.toml"
+    return path
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+async def _run(config: Config) -> None:
+    from ._client import serve_client
+    from ._server import serve_server
+
+    async with trio.open_nursery() as nursery:
+        if config.role == "server":
+            await nursery.start(serve_server, config)
+        else:
+            await nursery.start(serve_client, config)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s received: closing all streams and exiting",
+                         signal.Signals(signum).name)
+                break
+        nursery.cancel_scope.cancel()
