@@ -46,6 +46,9 @@ def fuzz(session: nox.Session) -> None:
     session.install(".", *_group("test"))
     examples = os.environ.get("TRIO_TUNNEL_FUZZ_EXAMPLES", "20000")
     session.run(
-        "pytest", "tests/test_protocol.py", "tests/test_config.py", *session.posargs,
+        "pytest",
+        "tests/test_protocol.py",
+        "tests/test_config.py",
+        *session.posargs,
         env={"TRIO_TUNNEL_FUZZ_EXAMPLES": examples},
     )

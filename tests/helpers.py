@@ -9,7 +9,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -34,7 +34,9 @@ async def echo_handler(tcp: trio.SocketStream) -> None:
         await tcp.aclose()
 
 
-async def start_service(nursery: trio.Nursery, handler: object) -> int:
+async def start_service(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[object]]
+) -> int:
     listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=LOCALHOST))
     return int(listeners[0].socket.getsockname()[1])
 
@@ -165,6 +167,8 @@ async def _run_scoped_client(
 
 
 async def start_client(rig: Rig, config: tt.Config) -> tt.Client:
+    client: tt.Client
+    scope: trio.CancelScope
     client, scope = await rig.nursery.start(_run_scoped_client, config)
     assert config.client_id is not None
     rig.clients[config.client_id] = client
@@ -177,9 +181,7 @@ async def start_client(rig: Rig, config: tt.Config) -> tt.Client:
 
 
 @asynccontextmanager
-async def open_rig(
-    server: tt.Config, clients: list[tt.Config] | None = None
-) -> AsyncIterator[Rig]:
+async def open_rig(server: tt.Config, clients: list[tt.Config] | None = None) -> AsyncIterator[Rig]:
     """Start ``server``, then each client config (its url port is replaced by the server's)."""
     async with trio.open_nursery() as nursery:
         async with tt.open_server(server) as srv:

@@ -69,8 +69,10 @@ async def test_100_mib_each_way_sha256(nursery: trio.Nursery) -> None:
             server_config(listen={"down": 0}, connect={"up": echo}),
             [client_config(1, 0, listen={"up": 0}, connect={"down": echo})],
         ) as rig:
-            for name, port in (("server->client", rig.server_port("down")),
-                               ("client->server", rig.client_port(1, "up"))):
+            for name, port in (
+                ("server->client", rig.server_port("down")),
+                ("client->server", rig.client_port(1, "up")),
+            ):
                 rate, ok, end = await _sha_transfer(port, size)
                 print(f"\n100 MiB {name} and back: {rate:.1f} MB/s each way (one process)")
                 assert ok, f"{name}: data corrupted or truncated"
@@ -95,8 +97,10 @@ async def test_1000_ping_pongs(nursery: trio.Nursery) -> None:
                         got += await tcp.receive_some(len(message) - len(got))
                     times.append(time.perf_counter() - started)
                     assert got == message
-            print(f"\n1000 x 500 B round trips: median {statistics.median(times) * 1e3:.3f} ms, "
-                  f"p99 {sorted(times)[989] * 1e3:.3f} ms")
+            print(
+                f"\n1000 x 500 B round trips: median {statistics.median(times) * 1e3:.3f} ms, "
+                f"p99 {sorted(times)[989] * 1e3:.3f} ms"
+            )
 
 
 async def test_50_concurrent_1_mib_echoes(nursery: trio.Nursery) -> None:
@@ -232,19 +236,21 @@ async def test_slow_reader_does_not_slow_other_streams(nursery: trio.Nursery) ->
     hose = await start_service(nursery, firehose)
     echo = await start_service(nursery, echo_handler)
     with trio.fail_after(60):
-        async with open_rig(
-            server_config(listen={"hose": 0, "echo": 0}),
-            [client_config(1, 0, connect={"hose": hose, "echo": echo})],
-        ) as rig:
-            async with await trio.open_tcp_stream(LOCALHOST, rig.server_port("hose")) as stuck:
-                await stuck.receive_some(1)  # the stream is flowing; now never read again
-                await trio.sleep(0.5)
-                session = next(iter(rig.server.state.clients.values()))
-                assert session.streams == 1
-                # Another stream on the same WebSocket still moves 20 MiB promptly.
-                rate, ok, end = await _sha_transfer(rig.server_port("echo"), 20 * 1024 * 1024)
-                assert ok and end == "eof"
-                print(f"\nsecond stream beside a stalled one: {rate:.1f} MB/s")
+        async with (
+            open_rig(
+                server_config(listen={"hose": 0, "echo": 0}),
+                [client_config(1, 0, connect={"hose": hose, "echo": echo})],
+            ) as rig,
+            await trio.open_tcp_stream(LOCALHOST, rig.server_port("hose")) as stuck,
+        ):
+            await stuck.receive_some(1)  # the stream is flowing; now never read again
+            await trio.sleep(0.5)
+            session = next(iter(rig.server.state.clients.values()))
+            assert session.streams == 1
+            # Another stream on the same WebSocket still moves 20 MiB promptly.
+            rate, ok, end = await _sha_transfer(rig.server_port("echo"), 20 * 1024 * 1024)
+            assert ok and end == "eof"
+            print(f"\nsecond stream beside a stalled one: {rate:.1f} MB/s")
             # The stalled stream's buffering is bounded by its window.
 
 
@@ -276,6 +282,13 @@ async def test_streams_build_on_both_sides_with_many_concurrent(nursery: trio.Nu
 
 
 def test_public_api_exports() -> None:
-    for name in ("open_server", "open_client", "serve_server", "serve_client", "load_config",
-                 "Config", "ConfigError"):
+    for name in (
+        "open_server",
+        "open_client",
+        "serve_server",
+        "serve_client",
+        "load_config",
+        "Config",
+        "ConfigError",
+    ):
         assert hasattr(tt, name)

@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print what it would do")
     check.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
     demo = sub.add_parser(
-        "demo", help="run a server, two clients and an echo service in one process and show "
-        "traffic and a failover"
+        "demo",
+        help="run a server, two clients and an echo service in one process and show "
+        "traffic and a failover",
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="show the tunnel's log")
     return parser
@@ -99,7 +100,8 @@ async def _run(config: Config) -> None:
             await nursery.start(serve_client, config)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("%s received: closing all streams and exiting",
-                         signal.Signals(signum).name)
+                log.info(
+                    "%s received: closing all streams and exiting", signal.Signals(signum).name
+                )
                 break
         nursery.cancel_scope.cancel()

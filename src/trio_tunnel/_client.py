@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
@@ -19,8 +19,8 @@ import trio_websocket
 from . import _ws
 from ._config import Config
 from ._errors import HandshakeError, RemoteProtocolError
-from ._listen import serve_accepts
 from ._hello import client_handshake
+from ._listen import serve_accepts
 from ._session import Session, SessionSettings
 from ._stream import TunnelStream, reset_tcp
 
@@ -56,7 +56,7 @@ class Client:
     async def wait_for(self, what: str) -> None:
         """Wait until ``what`` holds: "connected", "disconnected", "active", "standby",
         "listening" or "not listening" (callers bound this with a timeout)."""
-        checks = {
+        checks: dict[str, Callable[[], bool]] = {
             "connected": lambda: self.connected,
             "disconnected": lambda: not self.connected,
             "active": lambda: self.connected and self.active,
@@ -72,8 +72,9 @@ class Client:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def serve(self, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
-                    ) -> NoReturn:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._manage_listeners)
             task_status.started(self)
@@ -85,22 +86,34 @@ class Client:
         ws_settings = self.config.websocket
         delay = ws_settings.reconnect_min_secs
         last_failure: str | None = None
-        url = f"{ws_settings.scheme}://{_host_for_url(ws_settings.host)}:{ws_settings.port}" \
-              f"{ws_settings.path}"
+        url = (
+            f"{ws_settings.scheme}://{_host_for_url(ws_settings.host)}:{ws_settings.port}"
+            f"{ws_settings.path}"
+        )
         while True:
             try:
                 reason = await self._run_connection(url)
                 log.warning("client %d: disconnected from %s: %s", self.client_id, url, reason)
                 last_failure = None
                 delay = ws_settings.reconnect_min_secs
-            except (OSError, HandshakeError, trio_websocket.HandshakeError,
-                    trio_websocket.ConnectionClosed, RemoteProtocolError, trio.TooSlowError
-                    ) as exc:
+            except (
+                OSError,
+                HandshakeError,
+                trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed,
+                RemoteProtocolError,
+                trio.TooSlowError,
+            ) as exc:
                 failure = _describe_failure(exc)
                 if failure != last_failure:
-                    log.warning("client %d: cannot connect to %s: %s (retrying with backoff "
-                                "up to %gs; logged again only if the error changes)",
-                                self.client_id, url, failure, ws_settings.reconnect_max_secs)
+                    log.warning(
+                        "client %d: cannot connect to %s: %s (retrying with backoff "
+                        "up to %gs; logged again only if the error changes)",
+                        self.client_id,
+                        url,
+                        failure,
+                        ws_settings.reconnect_max_secs,
+                    )
                     last_failure = failure
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, ws_settings.reconnect_max_secs)
@@ -165,11 +178,16 @@ class Client:
             log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
         elif message.get("demoted"):
             close_secs = message.get("standby_socket_close_secs")
-            if type(close_secs) not in (int, float) or not 0 <= close_secs < 1e6:
+            if not isinstance(close_secs, (int, float)) or not 0 <= close_secs < 1e6:
                 raise RemoteProtocolError(f"malformed state message {message!r}")
             self._closed_until = trio.current_time() + close_secs
-            log.warning("client %d: demoted to standby (epoch %d): resetting streams, listen "
-                        "sockets closed for %gs", self.client_id, epoch, close_secs)
+            log.warning(
+                "client %d: demoted to standby (epoch %d): resetting streams, listen "
+                "sockets closed for %gs",
+                self.client_id,
+                epoch,
+                close_secs,
+            )
             session.start_reset_all_streams("demoted to standby")
         else:
             log.info("client %d: standby (epoch %d)", self.client_id, epoch)
@@ -182,8 +200,11 @@ class Client:
         if trio.current_time() < self._closed_until:
             return
         self._activation_sent_epoch = self.epoch
-        log.info("client %d: data on standby listener (tunnel %s): asking to become active",
-                 self.client_id, stream.tunnel)
+        log.info(
+            "client %d: data on standby listener (tunnel %s): asking to become active",
+            self.client_id,
+            stream.tunnel,
+        )
         session.send_control({"type": "activate", "epoch": self.epoch})
 
     # -- listen sockets ------------------------------------------------------------------
@@ -198,18 +219,26 @@ class Client:
             try:
                 listeners = await self._bind_all()
             except OSError as exc:
-                log.warning("client %d: cannot open listen sockets: %s (retrying in %gs)",
-                            self.client_id, exc, _BIND_RETRY_SECS)
+                log.warning(
+                    "client %d: cannot open listen sockets: %s (retrying in %gs)",
+                    self.client_id,
+                    exc,
+                    _BIND_RETRY_SECS,
+                )
                 await trio.sleep(_BIND_RETRY_SECS)
                 continue
             async with trio.open_nursery() as nursery:
                 for tunnel, tunnel_listeners in listeners:
-                    nursery.start_soon(serve_accepts, tunnel_listeners,
-                                       partial(self._on_tcp, tunnel))
+                    nursery.start_soon(
+                        serve_accepts, tunnel_listeners, partial(self._on_tcp, tunnel)
+                    )
                 self.listening = True
                 self._notify()
-                log.info("client %d: listening: %s", self.client_id,
-                         ", ".join(f"{t} on {p}" for t, p in self.listen_ports.items()) or "none")
+                log.info(
+                    "client %d: listening: %s",
+                    self.client_id,
+                    ", ".join(f"{t} on {p}" for t, p in self.listen_ports.items()) or "none",
+                )
                 while self._want_listeners():
                     await self._wait_change_or(None)
                 nursery.cancel_scope.cancel()

@@ -90,8 +90,9 @@ def _active(server: Server) -> str:
 async def _demo() -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            echo_listeners = await nursery.start(partial(trio.serve_tcp, _echo, 0,
-                                                         host="127.0.0.1"))
+            echo_listeners = await nursery.start(
+                partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")
+            )
             echo_port = echo_listeners[0].socket.getsockname()[1]
             server_config = Config(
                 role="server",
@@ -101,45 +102,51 @@ async def _demo() -> None:
                 connect=(Connect(tunnel="to-hub", host="127.0.0.1", port=echo_port),),
             )
             async with open_server(server_config) as server:
-                print(f"server: WebSocket on 127.0.0.1:{server.websocket_port}, tunnel "
-                      f"'to-site' listening on 127.0.0.1:{server.listen_ports['to-site']}")
+                print(
+                    f"server: WebSocket on 127.0.0.1:{server.websocket_port}, tunnel "
+                    f"'to-site' listening on 127.0.0.1:{server.listen_ports['to-site']}"
+                )
                 clients: list[Client] = []
                 for client_id in (1, 2):
                     config = Config(
                         role="client",
                         client_id=client_id,
-                        websocket=WebSocketSettings(
-                            url=f"ws://127.0.0.1:{server.websocket_port}/"),
+                        websocket=WebSocketSettings(url=f"ws://127.0.0.1:{server.websocket_port}/"),
                         listen=(Listen(tunnel="to-hub", port=0),),
                         connect=(Connect(tunnel="to-site", host="127.0.0.1", port=echo_port),),
                     )
                     client = await nursery.start(_run_client, config)
                     await client.wait_for("listening")
                     clients.append(client)
-                    print(f"client {client_id}: connected, tunnel 'to-hub' listening on "
-                          f"127.0.0.1:{client.listen_ports['to-hub']}")
+                    print(
+                        f"client {client_id}: connected, tunnel 'to-hub' listening on "
+                        f"127.0.0.1:{client.listen_ports['to-hub']}"
+                    )
                 await server.wait_state(lambda s: len(s.clients) == 2)
                 print(f"active client: {_active(server)} (the first to connect)")
 
-                await _report("server -> active client -> echo",
-                              server.listen_ports["to-site"])
+                await _report("server -> active client -> echo", server.listen_ports["to-site"])
                 await _report("client 1 -> server -> echo", clients[0].listen_ports["to-hub"])
 
                 print("\nfailover: data arrives at client 2's listener ...")
                 started = time.perf_counter()
                 async with await trio.open_tcp_stream(
-                        "127.0.0.1", clients[1].listen_ports["to-hub"]) as tcp:
+                    "127.0.0.1", clients[1].listen_ports["to-hub"]
+                ) as tcp:
                     await tcp.send_all(b"hello from site 2")
                     await server.wait_state(lambda s: s.active == 2)
                     switched = time.perf_counter() - started
                     echoed = await tcp.receive_some(100)
-                print(f"active client: {_active(server)} after {switched * 1000:.1f} ms; the "
-                      f"triggering stream carried on (echoed {echoed!r})")
+                print(
+                    f"active client: {_active(server)} after {switched * 1000:.1f} ms; the "
+                    f"triggering stream carried on (echoed {echoed!r})"
+                )
                 await clients[0].wait_for("not listening")
-                print("client 1: demoted to standby, its listen sockets closed for "
-                      f"{server_config.failover.standby_socket_close_secs:g}s")
-                await _report("server -> active client -> echo",
-                              server.listen_ports["to-site"])
+                print(
+                    "client 1: demoted to standby, its listen sockets closed for "
+                    f"{server_config.failover.standby_socket_close_secs:g}s"
+                )
+                await _report("server -> active client -> echo", server.listen_ports["to-site"])
                 print("\ndemo finished: all transfers verified with SHA-256")
             nursery.cancel_scope.cancel()
 
@@ -154,11 +161,15 @@ async def _report(label: str, port: int) -> None:
     sent, received, elapsed, ok = await _transfer(port)
     times = await _ping_pong(port)
     print(f"\n{label}:")
-    print(f"  {sent / 2**20:.0f} MiB out, {received / 2**20:.0f} MiB back in "
-          f"{elapsed:.2f}s ({(sent + received) / elapsed / 1e6:.0f} MB/s both ways), "
-          f"SHA-256 {'match' if ok else 'MISMATCH'}")
-    print(f"  {len(times)} x {_PING_BYTES} B round trips: median "
-          f"{statistics.median(times) * 1000:.2f} ms, p99 "
-          f"{sorted(times)[int(len(times) * 0.99) - 1] * 1000:.2f} ms")
+    print(
+        f"  {sent / 2**20:.0f} MiB out, {received / 2**20:.0f} MiB back in "
+        f"{elapsed:.2f}s ({(sent + received) / elapsed / 1e6:.0f} MB/s both ways), "
+        f"SHA-256 {'match' if ok else 'MISMATCH'}"
+    )
+    print(
+        f"  {len(times)} x {_PING_BYTES} B round trips: median "
+        f"{statistics.median(times) * 1000:.2f} ms, p99 "
+        f"{sorted(times)[int(len(times) * 0.99) - 1] * 1000:.2f} ms"
+    )
     if not ok or received != sent:
         raise RuntimeError(f"{label}: transfer corrupted")

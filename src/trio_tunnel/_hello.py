@@ -66,7 +66,12 @@ def _names(body: dict[str, Any], key: str) -> tuple[str, ...]:
 
 
 async def client_handshake(
-    ws: WebSocket, *, client_id: int, window: int, listen: list[str], connect: list[str],
+    ws: WebSocket,
+    *,
+    client_id: int,
+    window: int,
+    listen: list[str],
+    connect: list[str],
     timeout: float,
 ) -> tuple[int, dict[str, Any]]:
     """Send HELLO, await WELCOME. Returns the server's window and its WELCOME body."""

@@ -43,8 +43,11 @@ async def _accept_loop(
                 if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
                     raise
                 if not logged:
-                    log.error("accept on %s failed: %s; pausing new connections until it "
-                              "recovers", listener.socket.getsockname(), exc)
+                    log.error(
+                        "accept on %s failed: %s; pausing new connections until it recovers",
+                        listener.socket.getsockname(),
+                        exc,
+                    )
                     logged = True
                 await trio.sleep(_PAUSE_SECS)
                 continue

@@ -20,8 +20,8 @@ import trio
 from . import _ws
 from ._config import Config
 from ._errors import HandshakeError, RemoteProtocolError
-from ._listen import serve_accepts
 from ._hello import send_refusal, send_welcome, server_handshake
+from ._listen import serve_accepts
 from ._session import Session, SessionSettings
 from ._stream import reset_tcp
 
@@ -86,8 +86,9 @@ class Server:
     def state(self) -> ServerState:
         return ServerState(
             clients={
-                cid: ClientInfo(cid, c.remote, c.connected_at, c.session.stream_count,
-                                c.demoted_until)
+                cid: ClientInfo(
+                    cid, c.remote, c.connected_at, c.session.stream_count, c.demoted_until
+                )
                 for cid, c in sorted(self._clients.items())
             },
             active=self._active,
@@ -104,8 +105,9 @@ class Server:
                 return state
             await self._changed.wait()
 
-    async def serve(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
-                    ) -> NoReturn:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
         ws_settings = self.config.websocket
         async with trio.open_nursery() as nursery:
             self._supervisor = nursery
@@ -126,7 +128,10 @@ class Server:
                 nursery.start_soon(serve_accepts, listeners, partial(self._on_tcp, entry.tunnel))
             log.info(
                 "server listening for clients on %s://%s:%d%s; tunnels: %s",
-                ws_settings.scheme, ws_settings.host, self.websocket_port, ws_settings.path,
+                ws_settings.scheme,
+                ws_settings.host,
+                self.websocket_port,
+                ws_settings.path,
                 ", ".join(f"{t} on {self.listen_ports[t]}" for t in self.listen_ports) or "none",
             )
             task_status.started(self)
@@ -148,7 +153,9 @@ class Server:
         if client is None:
             return "client no longer registered"
         if client.demoted_epoch is not None and epoch < client.demoted_epoch:
-            return f"opened at epoch {epoch}, before this client's demotion at {client.demoted_epoch}"
+            return (
+                f"opened at epoch {epoch}, before this client's demotion at {client.demoted_epoch}"
+            )
         target = self._connects.get(tunnel)
         if target is None:
             return f"unknown tunnel {tunnel!r}: no connect entry on the server"
@@ -165,14 +172,20 @@ class Server:
         if self._active == client.client_id:
             return
         if epoch != self._epoch:
-            log.info("client %d: stale activation request (epoch %r, now %d) ignored",
-                     client.client_id, epoch, self._epoch)
+            log.info(
+                "client %d: stale activation request (epoch %r, now %d) ignored",
+                client.client_id,
+                epoch,
+                self._epoch,
+            )
             return
         now = trio.current_time()
         if now < client.demoted_until:
-            log.info("client %d: activation refused: demoted %.1fs ago, close period not over",
-                     client.client_id, now - (client.demoted_until -
-                                              self.config.failover.standby_socket_close_secs))
+            log.info(
+                "client %d: activation refused: demoted %.1fs ago, close period not over",
+                client.client_id,
+                now - (client.demoted_until - self.config.failover.standby_socket_close_secs),
+            )
             return
         self._switch(client.client_id, f"data arrived at client {client.client_id}'s listener")
 
@@ -221,16 +234,25 @@ class Server:
 
     def _log_state(self, what: str) -> None:
         connected = ",".join(str(c) for c in sorted(self._clients)) or "none"
-        log.info("state (epoch %d): %s; connected: %s; active: %s",
-                 self._epoch, what, connected, self._active)
+        log.info(
+            "state (epoch %d): %s; connected: %s; active: %s",
+            self._epoch,
+            what,
+            connected,
+            self._active,
+        )
         self._changed.set()
         self._changed = trio.Event()
 
     def _register(self, client_id: int, session: Session, remote: str) -> None:
         old = self._clients.get(client_id)
         if old is not None:
-            log.warning("client %d: new connection from %s replaces the one from %s",
-                        client_id, remote, old.remote)
+            log.warning(
+                "client %d: new connection from %s replaces the one from %s",
+                client_id,
+                remote,
+                old.remote,
+            )
             self._unregister(old, "replaced by a new connection")
         self._clients[client_id] = _Client(client_id, session, remote, trio.current_time())
         self._log_state(f"client {client_id} connected from {remote}")
@@ -247,8 +269,9 @@ class Server:
         self._log_state(f"client {client.client_id} disconnected: {reason}")
         if self._active == client.client_id:
             others = [cid for cid in self._clients if cid != client.client_id]
-            self._switch(others[0] if others else None,
-                         f"active client {client.client_id} lost: {reason}")
+            self._switch(
+                others[0] if others else None, f"active client {client.client_id} lost: {reason}"
+            )
 
     # -- WebSocket side ------------------------------------------------------------------
     async def _on_websocket(self, request: _ws.Request) -> None:
@@ -261,8 +284,12 @@ class Server:
         ws = await request.accept()
         try:
             hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
-        except (HandshakeError, RemoteProtocolError, trio.TooSlowError, _ws.ConnectionClosed
-                ) as exc:
+        except (
+            HandshakeError,
+            RemoteProtocolError,
+            trio.TooSlowError,
+            _ws.ConnectionClosed,
+        ) as exc:
             why = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
             log.warning("refused %s: %s", remote, why or type(exc).__name__)
             if not isinstance(exc, _ws.ConnectionClosed):
@@ -278,8 +305,11 @@ class Server:
             ping_interval=ws_settings.ping_interval_secs,
             ping_timeout=ws_settings.ping_timeout_secs,
         )
-        await send_welcome(ws, window=streams.window_bytes,
-                           standby_socket_close_secs=self.config.failover.standby_socket_close_secs)
+        await send_welcome(
+            ws,
+            window=streams.window_bytes,
+            standby_socket_close_secs=self.config.failover.standby_socket_close_secs,
+        )
         session = Session(ws, self, settings, is_server=True, name=f"client {hello.client_id}")
         reason = "closed"
         client: _Client | None = None

@@ -130,7 +130,10 @@ class Session:
         if len(self._streams) >= self.settings.max_streams:
             log.warning(
                 "%s: tunnel %s from %s refused: %d streams open (max_streams_per_session)",
-                self.name, tunnel, peer, len(self._streams),
+                self.name,
+                tunnel,
+                peer,
+                len(self._streams),
             )
             reset_tcp(tcp)
             return None
@@ -140,9 +143,7 @@ class Session:
         stream.on_first_data = on_first_data
         self.writer.send_control(encode_frame(FrameType.OPEN, stream_id, epoch, tunnel))
         log.info("stream %d tunnel %s from %s opened via %s", stream_id, tunnel, peer, self.name)
-        self._nursery.start_soon(
-            run_stream, self, stream, tcp, None, self.settings.connect_timeout
-        )
+        self._nursery.start_soon(run_stream, self, stream, tcp, None, self.settings.connect_timeout)
         return stream
 
     def _new_stream(
@@ -293,7 +294,9 @@ class Session:
         if self._ignored_frames == 1:
             log.info(
                 "%s: ignoring %s for closed or unknown stream %d (logged once per session)",
-                self.name, frame.type.name, frame.stream_id,
+                self.name,
+                frame.type.name,
+                frame.stream_id,
             )
 
     def _on_open(self, frame: Frame) -> None:

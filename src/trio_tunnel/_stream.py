@@ -8,6 +8,7 @@ transfer cut short never looks complete to the application.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -77,10 +78,8 @@ class TunnelStream:
 def reset_tcp(tcp: trio.SocketStream) -> None:
     """Close ``tcp`` with an RST (SO_LINGER 0): the application sees a reset, never a FIN."""
     sock = tcp.socket
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    except OSError:
-        pass
     sock.close()
 
 
@@ -194,9 +193,7 @@ async def _pump_tunnel_to_tcp(
             stream.bytes_in += len(item)
             increment = flow.on_consumed(len(item))
             if increment:
-                session.send_control_frame(
-                    encode_header(FrameType.WINDOW, stream.id, increment, 0)
-                )
+                session.send_control_frame(encode_header(FrameType.WINDOW, stream.id, increment, 0))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         fail(session, stream, f"TCP send failed: {exc}")
 
@@ -206,11 +203,21 @@ def _log_close(stream: TunnelStream) -> None:
     if stream.reset_reason is None:
         log.info(
             "stream %d tunnel %s peer %s closed: %d bytes out, %d bytes in, %.3fs",
-            stream.id, stream.tunnel, stream.peer, stream.bytes_out, stream.bytes_in, duration,
+            stream.id,
+            stream.tunnel,
+            stream.peer,
+            stream.bytes_out,
+            stream.bytes_in,
+            duration,
         )
     else:
         log.warning(
             "stream %d tunnel %s peer %s reset: %s (%d bytes out, %d bytes in, %.3fs)",
-            stream.id, stream.tunnel, stream.peer, stream.reset_reason, stream.bytes_out,
-            stream.bytes_in, duration,
+            stream.id,
+            stream.tunnel,
+            stream.peer,
+            stream.reset_reason,
+            stream.bytes_out,
+            stream.bytes_in,
+            duration,
         )

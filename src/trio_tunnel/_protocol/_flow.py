@@ -70,8 +70,7 @@ class StreamFlow:
         self.send_credit += increment
         if self.send_credit > self.peer_window:
             raise RemoteProtocolError(
-                f"WINDOW raises credit to {self.send_credit}, beyond the window "
-                f"{self.peer_window}"
+                f"WINDOW raises credit to {self.send_credit}, beyond the window {self.peer_window}"
             )
 
     # -- receiving -----------------------------------------------------------------------
@@ -92,8 +91,7 @@ class StreamFlow:
         self.recv_buffered += length + FRAME_COST
         if self.recv_buffered > self.window:
             raise RemoteProtocolError(
-                f"window violation: {self.recv_buffered} bytes outstanding, window "
-                f"{self.window}"
+                f"window violation: {self.recv_buffered} bytes outstanding, window {self.window}"
             )
         self.recv_seq += 1
 

@@ -45,9 +45,7 @@ class FrameType(enum.IntEnum):
 _SESSION_TYPES = frozenset(
     {FrameType.HELLO, FrameType.WELCOME, FrameType.CONTROL, FrameType.PING, FrameType.PONG}
 )
-_EMPTY_PAYLOAD_TYPES = frozenset(
-    {FrameType.PING, FrameType.PONG, FrameType.EOF, FrameType.WINDOW}
-)
+_EMPTY_PAYLOAD_TYPES = frozenset({FrameType.PING, FrameType.PONG, FrameType.EOF, FrameType.WINDOW})
 _PAYLOAD_LIMITS = {
     FrameType.HELLO: MAX_CONTROL_BYTES,
     FrameType.WELCOME: MAX_CONTROL_BYTES,
