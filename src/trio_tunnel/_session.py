@@ -314,7 +314,17 @@ class Session:
             self._refuse(stream_id, tunnel, target)
             return
         assert self._nursery is not None
-        stream = self._new_stream(stream_id, tunnel, "?", opened_locally=False)
+        stream = self._new_stream(
+            stream_id, tunnel, f"{target[0]}:{target[1]}", opened_locally=False
+        )
+        log.info(
+            "stream %d tunnel %s opened by %s: connecting to %s:%d",
+            stream_id,
+            tunnel,
+            self.name,
+            target[0],
+            target[1],
+        )
         self._nursery.start_soon(
             run_stream, self, stream, None, target, self.settings.connect_timeout
         )

@@ -99,7 +99,6 @@ async def run_stream(
                 tcp = await _connect(session, stream, target, connect_timeout)
                 if tcp is None:
                     return
-                stream.peer = f"{target[0]}:{target[1]}"
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_pump_tcp_to_tunnel, session, stream, tcp)
                 nursery.start_soon(_pump_tunnel_to_tcp, session, stream, tcp)
