@@ -45,8 +45,8 @@ async def test_server_and_two_clients_carry_both_directions(
                 tmp_path,
             )
         )
+        await server.wait_log(rf"client {client_id} connected")
     await server.wait_log(r"active client None -> 1")
-    await server.wait_log(r"client 2 connected")
     await wait_port_open(up1)
     with trio.fail_after(20):
         for port in (down, up1):

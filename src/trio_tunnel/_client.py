@@ -145,16 +145,11 @@ class Client:
                 ping_timeout=ws_settings.ping_timeout_secs,
             )
             session = Session(ws, self, settings, is_server=False, name="server")
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(session.run)
-                    self._session = session
-                    self.connections += 1
-                    log.info("client %d: connected to %s", self.client_id, url)
-                    self._notify()
-            finally:
-                self._session = None
-                self.active = False
+            async with trio.open_nursery() as nursery:
+                await nursery.start(session.run)
+                self._session = session
+                self.connections += 1
+                log.info("client %d: connected to %s", self.client_id, url)
                 self._notify()
             return session.closing_reason or "closed"
 
@@ -164,6 +159,12 @@ class Client:
         if target is None:
             return f"unknown tunnel {tunnel!r}: no connect entry on client {self.client_id}"
         return target
+
+    def session_ended(self, session: Session) -> None:
+        if self._session is session:
+            self._session = None
+            self.active = False
+            self._notify()
 
     def on_control(self, session: Session, message: dict[str, Any]) -> None:
         if message.get("type") != "state":

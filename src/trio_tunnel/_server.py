@@ -311,17 +311,14 @@ class Server:
             standby_socket_close_secs=self.config.failover.standby_socket_close_secs,
         )
         session = Session(ws, self, settings, is_server=True, name=f"client {hello.client_id}")
-        reason = "closed"
-        client: _Client | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(session.run)
-                self._register(hello.client_id, session, remote)
-                client = self._clients[hello.client_id]
-        finally:
-            reason = session.closing_reason or reason
-            if client is not None:
-                self._unregister(client, reason)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            self._register(hello.client_id, session, remote)
+
+    def session_ended(self, session: Session) -> None:
+        client = self._client_of(session)
+        if client is not None:
+            self._unregister(client, session.closing_reason or "closed")
 
 
 @asynccontextmanager

@@ -47,6 +47,10 @@ class SessionOwner(Protocol):
     def on_control(self, session: Session, message: dict[str, Any]) -> None:
         """A CONTROL message from the peer (failover state and requests)."""
 
+    def session_ended(self, session: Session) -> None:
+        """The session's streams are closed; called before the (bounded) WebSocket close
+        handshake, so failover never waits for a peer that does not answer."""
+
 
 class Session:
     def __init__(
@@ -89,6 +93,9 @@ class Session:
                 task_status.started()
         finally:
             self._nursery = None
+            if self.closing_reason is None:
+                self.closing_reason = "closed"
+            self._owner.session_ended(self)
             await self.ws.aclose(self._close_code, self.closing_reason)
         return self.closing_reason or "closed"
 
