@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 
 import nox
 
@@ -11,6 +14,34 @@ nox.options.error_on_missing_interpreters = False
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _expose_pyenv_pythons() -> None:
+    """Let nox find every pyenv-installed Python of PYTHONS, not just pyenv's global one.
+
+    pyenv's shims answer only for the versions in PYENV_VERSION (or `pyenv global`); where
+    pyenv manages the interpreters, list the newest install of each wanted minor version
+    after the current ones. Elsewhere nothing changes, and missing interpreters are skipped.
+    """
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return
+    run = subprocess.run
+    current = (
+        os.environ.get("PYENV_VERSION")
+        or run([pyenv, "version-name"], capture_output=True, text=True, check=False).stdout.strip()
+    )
+    installed = run([pyenv, "versions", "--bare"], capture_output=True, text=True, check=False)
+    chosen = [v for v in current.split(":") if v]
+    for minor in PYTHONS:
+        matches = [v for v in installed.stdout.split() if re.fullmatch(rf"{minor}\.\d+", v)]
+        if matches:
+            chosen.append(max(matches, key=lambda v: int(v.rsplit(".", 1)[1])))
+    if chosen:
+        os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(chosen))
+
+
+_expose_pyenv_pythons()
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 

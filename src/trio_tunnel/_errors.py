@@ -34,6 +34,10 @@ class RemoteProtocolError(ProtocolError):
         self.close_code = close_code
 
 
+class SequenceError(ProtocolError):
+    """A DATA or EOF frame arrived out of sequence (gap or duplicate): reset the stream."""
+
+
 class HandshakeError(TunnelError):
     """The tunnel handshake failed: wrong version, role, client id or a timeout."""
 

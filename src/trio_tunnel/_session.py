@@ -20,7 +20,7 @@ import trio
 
 from ._errors import RemoteProtocolError
 from ._protocol import Frame, FrameType, decode_frames, decode_json, encode_frame, encode_json
-from ._protocol._flow import SequenceError
+from ._errors import SequenceError
 from ._stream import END_OF_STREAM, TunnelStream, fail, peer_reset, reset_tcp, run_stream
 from ._writer import Writer
 from ._ws import ConnectionClosed, WebSocket
@@ -148,7 +148,7 @@ class Session:
         self._next_id += 2
         stream = self._new_stream(stream_id, tunnel, peer, opened_locally=True)
         stream.on_first_data = on_first_data
-        self.writer.send_control(encode_frame(FrameType.OPEN, stream_id, epoch, tunnel))
+        self.send_control_frame(encode_frame(FrameType.OPEN, stream_id, epoch, tunnel))
         log.info("stream %d tunnel %s from %s opened via %s", stream_id, tunnel, peer, self.name)
         self._nursery.start_soon(run_stream, self, stream, tcp, None, self.settings.connect_timeout)
         return stream

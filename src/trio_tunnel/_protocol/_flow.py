@@ -8,13 +8,9 @@ receiver never holds more than ``window // FRAME_COST`` frames or ``window`` byt
 
 from __future__ import annotations
 
-from .._errors import RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError, SequenceError
 
 FRAME_COST = 64
-
-
-class SequenceError(Exception):
-    """A DATA or EOF frame arrived out of sequence: the stream must be reset."""
 
 
 class StreamFlow:
@@ -54,7 +50,7 @@ class StreamFlow:
         """Account for a DATA frame we send; returns its sequence number."""
         cost = length + FRAME_COST
         if cost > self.send_credit or self.send_eof or length == 0:
-            raise AssertionError("DATA sent without credit, after EOF, or empty")
+            raise LocalProtocolError("DATA sent without credit, after EOF, or empty")
         self.send_credit -= cost
         seq = self.send_seq
         self.send_seq += 1

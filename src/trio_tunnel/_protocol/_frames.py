@@ -27,6 +27,7 @@ MAX_REASON_BYTES = 1024
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_STREAM_ID = 2**32 - 1
 MAX_ARG = 2**64 - 1
+MAX_LENGTH = 2**32 - 1
 
 
 class FrameType(enum.IntEnum):
@@ -121,7 +122,11 @@ def _check(
     length: int,
     error: type[LocalProtocolError] | type[RemoteProtocolError],
 ) -> None:
-    if not 0 <= stream_id <= MAX_STREAM_ID or not 0 <= arg <= MAX_ARG:
+    if (
+        not 0 <= stream_id <= MAX_STREAM_ID
+        or not 0 <= arg <= MAX_ARG
+        or not 0 <= length <= MAX_LENGTH
+    ):
         raise error(f"{type_.name} frame field out of range")
     if type_ in _SESSION_TYPES:
         if stream_id != 0:

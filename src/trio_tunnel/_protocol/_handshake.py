@@ -19,7 +19,7 @@ def decode_json(payload: bytes | memoryview, what: str) -> dict[str, Any]:
     """A JSON object, or :class:`RemoteProtocolError` naming ``what`` was malformed."""
     try:
         value = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"malformed {what}: {exc}") from None
     if not isinstance(value, dict):
         raise RemoteProtocolError(f"malformed {what}: not a JSON object")
