@@ -18,9 +18,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, SequenceError
 from ._protocol import Frame, FrameType, decode_frames, decode_json, encode_frame, encode_json
-from ._errors import SequenceError
 from ._stream import END_OF_STREAM, TunnelStream, fail, peer_reset, reset_tcp, run_stream
 from ._writer import Writer
 from ._ws import ConnectionClosed, WebSocket
