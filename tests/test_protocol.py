@@ -23,7 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from trio_tunnel._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from trio_tunnel._errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SequenceError,
+)
 from trio_tunnel._protocol import (
     FRAME_COST,
     HEADER_SIZE,
@@ -37,7 +42,6 @@ from trio_tunnel._protocol import (
     encode_header,
     encode_json,
 )
-from trio_tunnel._protocol._flow import SequenceError
 from trio_tunnel._protocol._frames import (
     MAX_ARG,
     MAX_CONTROL_BYTES,
