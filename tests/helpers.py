@@ -187,7 +187,7 @@ async def open_rig(server: tt.Config, clients: list[tt.Config] | None = None) ->
         async with tt.open_server(server) as srv:
             rig = Rig(srv, {}, nursery, {})
             for config in clients or []:
-                url = f"ws://127.0.0.1:{srv.websocket_port}/"
+                url = f"{server.websocket.scheme}://127.0.0.1:{srv.websocket_port}/"
                 config = attrs.evolve(config, websocket=attrs.evolve(config.websocket, url=url))
                 await start_client(rig, config)
             yield rig

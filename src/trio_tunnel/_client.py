@@ -17,12 +17,13 @@ import trio
 import trio_websocket
 
 from . import _ws
-from ._config import Config
+from ._config import Config, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import client_handshake
 from ._listen import serve_accepts
 from ._session import Session, SessionSettings
 from ._stream import TunnelStream, reset_tcp
+from ._tls import client_context, describe_tls_failure
 
 log = logging.getLogger("trio_tunnel.client")
 
@@ -47,6 +48,21 @@ class Client:
         self.listen_ports: dict[str, int] = {}
         self.listening = False
         self.connections = 0
+        ws_settings = config.websocket
+        self._ssl_context = (
+            client_context(
+                tls_bundle=ws_settings.tls_bundle,
+                trusted_ca=ws_settings.trusted_ca,
+                trusted_peers=ws_settings.trusted_peers,
+                mutual_tls=ws_settings.mutual_tls,
+            )
+            if ws_settings.scheme == "wss"
+            else None
+        )
+        self._headers: list[tuple[bytes, bytes]] = []
+        if ws_settings.auth_token_file:
+            token = read_token(ws_settings.auth_token_file).encode("ascii")
+            self._headers.append((b"Authorization", b"Bearer " + token))
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -103,6 +119,7 @@ class Client:
                 trio_websocket.ConnectionClosed,
                 RemoteProtocolError,
                 trio.TooSlowError,
+                trio.BrokenResourceError,
             ) as exc:
                 failure = _describe_failure(exc)
                 if failure != last_failure:
@@ -122,9 +139,11 @@ class Client:
         ws_settings = self.config.websocket
         streams = self.config.streams
         async with _ws.connect(
-            url,
-            ssl_context=None,
-            headers=[],
+            ws_settings.host,
+            ws_settings.port,
+            ws_settings.path,
+            ssl_context=self._ssl_context,
+            headers=self._headers,
             connect_timeout=ws_settings.handshake_timeout_secs,
             close_timeout=ws_settings.close_timeout_secs,
         ) as ws:
@@ -284,6 +303,8 @@ def _describe_failure(exc: BaseException) -> str:
         return f"rejected with HTTP {exc.status_code}"
     if isinstance(exc, trio_websocket.HandshakeError) and exc.__cause__ is not None:
         return _describe_failure(exc.__cause__)
+    if isinstance(exc, trio.BrokenResourceError):
+        return describe_tls_failure(exc)
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     if isinstance(exc, trio.TooSlowError):

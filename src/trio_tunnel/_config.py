@@ -20,6 +20,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time
@@ -161,6 +162,25 @@ def _seconds(*, allow_zero: bool = False) -> _Check:
 
 def _string(value: object) -> str | None:
     return None if isinstance(value, str) else f"expected a string (got {_show(value)})"
+
+
+def _boolean(value: object) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false (got {_show(value)})"
+
+
+def _readable_file(value: object) -> str | None:
+    """None (not set) or the path of a readable, non-empty file."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return _string(value)
+    try:
+        with open(value, "rb") as file:
+            if not file.read(1):
+                return f"file {value!r} is empty"
+    except OSError as exc:
+        return f"cannot read {value!r}: {exc.strerror or exc}"
+    return None
 
 
 def _tunnel_name(value: object) -> str | None:
@@ -363,6 +383,11 @@ class WebSocketSettings(_Checked):
     reconnect_max_secs: float = attrs.field(
         default=5.0, converter=_as_float, metadata=_POSITIVE_SECS
     )
+    tls_bundle: str | None = attrs.field(default=None, metadata=_checked(_readable_file))
+    trusted_ca: str | None = attrs.field(default=None, metadata=_checked(_readable_file))
+    trusted_peers: str | None = attrs.field(default=None, metadata=_checked(_readable_file))
+    mutual_tls: bool = attrs.field(default=False, metadata=_checked(_boolean))
+    auth_token_file: str | None = attrs.field(default=None, metadata=_checked(_readable_file))
 
     def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
         problems: list[_Problem] = []
@@ -502,7 +527,96 @@ class Config(_Checked):
             problems += _unique_problems("connect", [entry.tunnel for entry in self.connect])
         if not bad & {"role", "websocket", "listen"}:
             problems += _port_problems(self)
+        if not bad & {"role", "websocket"}:
+            problems += [(("websocket", *path), why) for path, why in _tls_problems(self)]
         return problems
+
+
+_TLS_FILES: Final = ("tls_bundle", "trusted_ca", "trusted_peers")
+MIN_TOKEN_CHARS: Final = 16
+
+
+def _tls_problems(config: Config) -> Iterable[_Problem]:
+    """Which TLS files each role and mode needs, and whether they hold what they should."""
+    from . import _tls  # the ssl module does the loading; import late to keep this light
+
+    ws = config.websocket
+    if ws.scheme != "wss":
+        for key in (*_TLS_FILES, "mutual_tls"):
+            if getattr(ws, key) not in (None, False):
+                yield (key,), "only used with a wss:// url (this one is ws://)"
+        yield from _token_problems(ws)
+        return
+    needed: list[str] = []
+    if config.is_server:
+        needed.append("tls_bundle")
+        if ws.mutual_tls:
+            needed.append("trusted_ca")
+        elif ws.trusted_peers is not None:
+            yield ("trusted_peers",), "a server pins client certificates only with mutual_tls"
+    elif ws.mutual_tls:
+        needed.append("tls_bundle")
+    for key in needed:
+        if getattr(ws, key) is None:
+            why = (
+                "with mutual_tls = true"
+                if key == "trusted_ca" or not config.is_server
+                else ("for a wss:// server")
+            )
+            yield (key,), f"required {why}"
+    if ws.tls_bundle is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(ws.tls_bundle)
+        except (ssl.SSLError, OSError) as exc:
+            yield (
+                ("tls_bundle",),
+                (
+                    f"{ws.tls_bundle!r} must hold a private key that matches its certificate, then "
+                    f"the chain, in PEM ({getattr(exc, 'reason', None) or exc})"
+                ),
+            )
+    if ws.trusted_ca is not None:
+        try:
+            context = ssl.create_default_context(cafile=ws.trusted_ca)
+            found = bool(context.get_ca_certs())
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            found, error = False, f"{getattr(exc, 'reason', None) or exc}"
+        else:
+            error = "no CA certificate in it"
+        if not found:
+            yield (
+                ("trusted_ca",),
+                f"{ws.trusted_ca!r} is not a PEM bundle of CA certificates ({error})",
+            )
+    if ws.trusted_peers is not None:
+        try:
+            _tls.load_pins(ws.trusted_peers)
+        except (OSError, ValueError) as exc:
+            yield ("trusted_peers",), f"{ws.trusted_peers!r}: {exc}"
+    yield from _token_problems(ws)
+
+
+def _token_problems(ws: WebSocketSettings) -> Iterable[_Problem]:
+    if ws.auth_token_file is None:
+        return
+    try:
+        token = read_token(ws.auth_token_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        yield ("auth_token_file",), f"cannot read {ws.auth_token_file!r}: {exc}"
+        return
+    if len(token) < MIN_TOKEN_CHARS:
+        yield (
+            ("auth_token_file",),
+            (f"the token must be at least {MIN_TOKEN_CHARS} characters (got {len(token)})"),
+        )
+    elif any(ord(ch) < 33 or ord(ch) > 126 for ch in token):
+        yield ("auth_token_file",), "the token must be printable ASCII without spaces"
+
+
+def read_token(path: str) -> str:
+    """The shared secret in ``path``, without surrounding white space."""
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
 
 
 def _role_problems(config: Config) -> Iterable[_Problem]:
@@ -589,7 +703,7 @@ def _is_array_of_tables(type_: Any) -> bool:
 
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
-    for scalar in (int, float, str):
+    for scalar in (int, float, str, bool):
         converter.register_structure_hook(scalar, _as_is)
 
     def table_hook(cls: type) -> Callable[[Any, Any], Any]:
@@ -732,12 +846,45 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{name}: not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: invalid TOML: {exc}") from exc
+    _resolve_relative_paths(data, os.path.dirname(os.path.abspath(path)))
     return parse_config(data, name)
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: str) -> None:
+    """File names in a config file are relative to the file, not to the working directory."""
+    websocket = data.get("websocket")
+    if not isinstance(websocket, dict):
+        return
+    for key in (*_TLS_FILES, "auth_token_file"):
+        value = websocket.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            websocket[key] = os.path.join(base, value)
 
 
 def _address(host: str, port: int) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}" if port else f"{shown}:<any free port>"
+
+
+def _describe_security(config: Config) -> str:
+    ws = config.websocket
+    parts: list[str] = []
+    if ws.scheme == "wss":
+        if config.is_server:
+            parts.append(f"TLS with {ws.tls_bundle}")
+            if ws.mutual_tls:
+                parts.append(f"client certificates required, verified against {ws.trusted_ca}")
+        else:
+            parts.append(f"TLS, server verified against {ws.trusted_ca or 'the system CAs'}")
+            if ws.mutual_tls:
+                parts.append(f"presenting {ws.tls_bundle}")
+        if ws.trusted_peers:
+            parts.append(f"peer pinned to the certificates in {ws.trusted_peers}")
+    else:
+        parts.append("no TLS (ws://)")
+    if ws.auth_token_file:
+        parts.append(f"shared token from {ws.auth_token_file}")
+    return "; ".join(parts)
 
 
 def describe_config(config: Config) -> str:
@@ -761,6 +908,7 @@ def describe_config(config: Config) -> str:
         f" {ws.close_timeout_secs:g}s, ping every {ws.ping_interval_secs:g}s"
         f" (timeout {ws.ping_timeout_secs:g}s)"
     )
+    lines.append(f"  security: {_describe_security(config)}")
     lines.append(f"listen: {len(config.listen) or 'none'}")
     for entry in config.listen:
         lines.append(

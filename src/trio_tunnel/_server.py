@@ -8,6 +8,8 @@ them to close, runs in the supervisor nursery.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,12 +20,13 @@ import attrs
 import trio
 
 from . import _ws
-from ._config import Config
+from ._config import Config, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import serve_accepts
 from ._session import Session, SessionSettings
 from ._stream import reset_tcp
+from ._tls import server_context
 
 log = logging.getLogger("trio_tunnel.server")
 
@@ -78,6 +81,22 @@ class Server:
         self._changed = trio.Event()
         self._supervisor: trio.Nursery | None = None
         self.websocket_port = 0
+        ws_settings = config.websocket
+        self._ssl_context = (
+            server_context(
+                tls_bundle=ws_settings.tls_bundle,
+                trusted_ca=ws_settings.trusted_ca,
+                trusted_peers=ws_settings.trusted_peers,
+                mutual_tls=ws_settings.mutual_tls,
+            )
+            if ws_settings.scheme == "wss" and ws_settings.tls_bundle is not None
+            else None
+        )
+        self._token = (
+            read_token(ws_settings.auth_token_file).encode("ascii")
+            if ws_settings.auth_token_file
+            else None
+        )
         self.listen_ports: dict[str, int] = {}
         self.switches = 0
 
@@ -117,7 +136,7 @@ class Server:
                     self._on_websocket,
                     ws_settings.host,
                     ws_settings.port,
-                    ssl_context=None,
+                    ssl_context=self._ssl_context,
                     handshake_timeout=ws_settings.handshake_timeout_secs,
                     close_timeout=ws_settings.close_timeout_secs,
                 )
@@ -134,6 +153,13 @@ class Server:
                 ws_settings.path,
                 ", ".join(f"{t} on {self.listen_ports[t]}" for t in self.listen_ports) or "none",
             )
+            if self._ssl_context is None and not _is_loopback(ws_settings.host):
+                log.warning(
+                    "SECURITY: the WebSocket listens on %s without TLS (ws://): tunnel traffic "
+                    "and client ids travel in clear text; use wss:// with tls_bundle (and "
+                    "mutual_tls or auth_token_file to keep strangers out)",
+                    ws_settings.host,
+                )
             task_status.started(self)
             await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -281,6 +307,13 @@ class Server:
             log.warning("refused %s: unknown path %r", remote, request.path)
             await request.reject(404, "unknown path\n")
             return
+        if self._token is not None:
+            refusal = _token_refusal(request.header("authorization"), self._token)
+            if refusal is not None:
+                status, why = refusal
+                log.warning("refused %s: %s", remote, why)
+                await request.reject(status, f"{why}\n")
+                return
         ws = await request.accept()
         try:
             hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
@@ -319,6 +352,23 @@ class Server:
         client = self._client_of(session)
         if client is not None:
             self._unregister(client, session.closing_reason or "closed")
+
+
+def _token_refusal(header: bytes | None, token: bytes) -> tuple[int, str] | None:
+    """None if ``header`` carries ``token``; else the HTTP status and the reason."""
+    if header is None:
+        return 401, "no auth token"
+    scheme, _, offered = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), token):
+        return 403, "wrong auth token"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @asynccontextmanager

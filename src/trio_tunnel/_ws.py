@@ -10,7 +10,9 @@ down).
 
 from __future__ import annotations
 
+import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,13 +21,18 @@ from typing import Any, NoReturn
 import trio
 import trio_websocket
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from ._errors import RemoteProtocolError
+from ._tls import TlsListener
 
 RECEIVE_BUFFER_SIZE = 256 * 1024
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
 
 ConnectionClosed = trio_websocket.ConnectionClosed
+log = logging.getLogger("trio_tunnel.websocket")
 
 
 class WebSocket:
@@ -80,25 +87,68 @@ def _endpoint_text(endpoint: Any) -> str:
 
 @asynccontextmanager
 async def connect(
-    url: str,
+    host: str,
+    port: int,
+    resource: str,
     *,
     ssl_context: ssl.SSLContext | None,
     headers: list[tuple[bytes, bytes]],
     connect_timeout: float,
     close_timeout: float,
 ) -> AsyncIterator[WebSocket]:
-    """Open a client WebSocket; raises ``OSError``/``trio_websocket.HandshakeError`` on failure."""
-    async with trio_websocket.open_websocket_url(
-        url,
-        ssl_context=ssl_context,
-        extra_headers=headers,
-        message_queue_size=1,
-        max_message_size=MAX_MESSAGE_SIZE,
-        receive_buffer_size=RECEIVE_BUFFER_SIZE,
-        connect_timeout=connect_timeout,
-        disconnect_timeout=close_timeout,
-    ) as connection:
-        yield WebSocket(connection, close_timeout=close_timeout)
+    """Open a client WebSocket.
+
+    TCP connect, the TLS handshake (done here, so a certificate problem is reported at once
+    rather than as a time-out) and the HTTP upgrade must finish within ``connect_timeout``.
+    Raises ``OSError``, ``trio.BrokenResourceError`` (TLS), ``trio.TooSlowError`` or
+    :class:`trio_websocket.ConnectionRejected`.
+    """
+    host_header = host if port in (80, 443) else f"{host}:{port}"
+    if ":" in host:
+        host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+                stream = await trio.open_tcp_stream(host, port)
+                if ssl_context is not None:
+                    stream = trio.SSLStream(
+                        stream, ssl_context, server_hostname=host, https_compatible=True
+                    )
+                    try:
+                        await stream.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                connection = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host_header,
+                    resource,
+                    extra_headers=headers,
+                    message_queue_size=1,
+                    max_message_size=MAX_MESSAGE_SIZE,
+                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                )
+            ws = WebSocket(connection, close_timeout=close_timeout)
+            try:
+                yield ws
+            finally:
+                await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The library's reader task raises a rejection inside our nursery; say it plainly.
+        rejected, _rest = group.split(trio_websocket.ConnectionRejected)
+        if rejected is not None:
+            raise _first_leaf(rejected) from None
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class Request:
@@ -146,29 +196,63 @@ async def serve(
 ) -> NoReturn:
     """Serve WebSocket upgrades on ``host:port``; reports the bound port via ``task_status``.
 
-    An upgrade that does not complete within ``handshake_timeout`` is closed.
+    The TLS handshake (if any), the HTTP upgrade and everything before ``handler`` runs must
+    complete within ``handshake_timeout``, or the connection is closed.
     """
 
-    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
-        await handler(Request(request, close_timeout))
+    async def on_connection(stream: trio.abc.Stream) -> None:
+        # Each connection's failure stays with it: logged here, never raised to the server.
+        try:
+            await _serve_connection(stream, handler, handshake_timeout, close_timeout)
+        except Exception as exc:
+            log.warning("WebSocket connection from %r failed: %s", stream, _short(exc))
 
+    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = int(tcp_listeners[0].socket.getsockname()[1])
+    listeners: list[Any] = (
+        list(tcp_listeners)
+        if ssl_context is None
+        else [TlsListener(listener, ssl_context) for listener in tcp_listeners]
+    )
     async with trio.open_nursery() as nursery:
-        server: trio_websocket.WebSocketServer = await nursery.start(
-            partial(
-                trio_websocket.serve_websocket,
-                on_request,
-                host,
-                port,
-                ssl_context,
-                handler_nursery=handler_nursery,
+        await nursery.start(
+            partial(trio.serve_listeners, on_connection, listeners, handler_nursery=handler_nursery)
+        )
+        task_status.started(bound_port)
+        await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def _serve_connection(
+    stream: trio.abc.Stream,
+    handler: Callable[[Request], Awaitable[None]],
+    handshake_timeout: float,
+    close_timeout: float,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(handshake_timeout) as scope:
+            request = await trio_websocket.wrap_server_stream(
+                nursery,
+                stream,
                 message_queue_size=1,
                 max_message_size=MAX_MESSAGE_SIZE,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                connect_timeout=handshake_timeout,
-                disconnect_timeout=close_timeout,
             )
-        )
-        endpoint = server.listeners[0]
-        task_status.started(int(getattr(endpoint, "port", port)))
-        await trio.sleep_forever()
-    raise AssertionError("unreachable")
+        if scope.cancelled_caught:
+            log.info("closed %r: no WebSocket upgrade within %gs", stream, handshake_timeout)
+            nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await handler(Request(request, close_timeout))
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.move_on_after(close_timeout) as close_scope:
+                close_scope.shield = True
+                await stream.aclose()
+
+
+def _short(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
