@@ -167,6 +167,9 @@ class Client:
             async with trio.open_nursery() as nursery:
                 await nursery.start(session.run)
                 self._session = session
+                # Epochs restart with a restarted server: an old "already asked" must not
+                # silence the first activation request of this session.
+                self._activation_sent_epoch = -1
                 self.connections += 1
                 log.info("client %d: connected to %s", self.client_id, url)
                 self._notify()

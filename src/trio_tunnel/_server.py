@@ -292,12 +292,14 @@ class Server:
             return
         del self._clients[client.client_id]
         client.session.close(reason)
-        self._log_state(f"client {client.client_id} disconnected: {reason}")
         if self._active == client.client_id:
             others = [cid for cid in self._clients if cid != client.client_id]
             self._switch(
-                others[0] if others else None, f"active client {client.client_id} lost: {reason}"
+                others[0] if others else None,
+                f"active client {client.client_id} lost (disconnected: {reason})",
             )
+        else:
+            self._log_state(f"client {client.client_id} disconnected: {reason}")
 
     # -- WebSocket side ------------------------------------------------------------------
     async def _on_websocket(self, request: _ws.Request) -> None:
