@@ -6,8 +6,12 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -20,35 +24,70 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+# Modules adding subcommands: each has register(subparsers), whose parsers set `handler`.
+_EXTENSIONS: list[Any] = []
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
         parser.print_help()
         return EXIT_CONFIG
-    if args.command == "demo":
-        from ._demo import run_demo
+    return handler(args)
 
-        return run_demo(verbose=args.verbose)
+
+def _load(argument: str) -> Config | None:
     try:
-        config = load_config(_config_path(args.config))
+        return load_config(_config_path(argument))
     except ConfigError as exc:
         print(f"trio-tunnel: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
-    if args.command == "check":
-        print(f"{args.config}: OK")
-        print(describe_config(config))
-        return EXIT_OK
+    print(f"{args.config}: OK")
+    print(describe_config(config))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
     setup_logging(config.logging.level)
     try:
         trio.run(_run, config)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before trio installed its handler
         pass
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except Exception as exc:
+        startup = _os_errors(exc)
+        if not startup:
+            raise
+        log.error("cannot start: %s", "; ".join(str(e) for e in startup))
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _os_errors(exc: BaseException) -> list[OSError]:
+    """The OSErrors ``exc`` consists of (through exception groups), or [] if anything else."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_os_errors(inner) for inner in exc.exceptions]
+        if all(found):
+            return [e for errors in found for e in errors]
+    return []
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(verbose=args.verbose)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,14 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run a server or client from a TOML config")
     run.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
+    run.set_defaults(handler=_cmd_run)
     check = sub.add_parser("check", help="validate a config and print what it would do")
     check.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
+    check.set_defaults(handler=_cmd_check)
     demo = sub.add_parser(
         "demo",
         help="run a server, two clients and an echo service in one process and show "
         "traffic and a failover",
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="show the tunnel's log")
+    demo.set_defaults(handler=_cmd_demo)
+    for module in _EXTENSIONS:
+        module.register(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from ._config import Config, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import client_handshake
 from ._listen import serve_accepts
+from ._metrics import Metrics
 from ._session import Session, SessionSettings
 from ._stream import TunnelStream, reset_tcp
 from ._tls import client_context, describe_tls_failure
@@ -48,6 +49,12 @@ class Client:
         self.listen_ports: dict[str, int] = {}
         self.listening = False
         self.connections = 0
+        self.metrics = Metrics(role="client")
+        self.metrics.live = lambda: {
+            "connected": int(self.connected),
+            "active": int(self.connected and self.active),
+            "client_id": self.client_id,
+        }
         ws_settings = config.websocket
         self._ssl_context = (
             client_context(
@@ -163,7 +170,9 @@ class Client:
                 ping_interval=ws_settings.ping_interval_secs,
                 ping_timeout=ws_settings.ping_timeout_secs,
             )
-            session = Session(ws, self, settings, is_server=False, name="server")
+            session = Session(
+                ws, self, settings, is_server=False, name="server", metrics=self.metrics
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(session.run)
                 self._session = session
@@ -171,6 +180,8 @@ class Client:
                 # silence the first activation request of this session.
                 self._activation_sent_epoch = -1
                 self.connections += 1
+                if self.connections > 1:
+                    self.metrics.reconnected()
                 log.info("client %d: connected to %s", self.client_id, url)
                 self._notify()
             return session.closing_reason or "closed"

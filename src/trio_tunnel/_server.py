@@ -24,6 +24,7 @@ from ._config import Config, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import serve_accepts
+from ._metrics import Metrics
 from ._session import Session, SessionSettings
 from ._stream import reset_tcp
 from ._tls import server_context
@@ -99,6 +100,11 @@ class Server:
         )
         self.listen_ports: dict[str, int] = {}
         self.switches = 0
+        self.metrics = Metrics(role="server")
+        self.metrics.live = lambda: {
+            "connected_clients": len(self._clients),
+            "active_client": self._active or 0,
+        }
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -139,6 +145,7 @@ class Server:
                     ssl_context=self._ssl_context,
                     handshake_timeout=ws_settings.handshake_timeout_secs,
                     close_timeout=ws_settings.close_timeout_secs,
+                    on_refused=self.metrics.refused,
                 )
             )
             for entry in self.config.listen:
@@ -232,6 +239,7 @@ class Server:
         self._since = now
         self._reason = reason
         self.switches += 1
+        self.metrics.switched(reason)
         if new_active is not None:
             self._clients[new_active].session.send_control(
                 {"type": "state", "epoch": self._epoch, "active": True}
@@ -307,6 +315,7 @@ class Server:
         ws_settings = self.config.websocket
         if request.path.split("?")[0] != ws_settings.path.split("?")[0]:
             log.warning("refused %s: unknown path %r", remote, request.path)
+            self.metrics.refused("unknown_path")
             await request.reject(404, "unknown path\n")
             return
         if self._token is not None:
@@ -314,6 +323,7 @@ class Server:
             if refusal is not None:
                 status, why = refusal
                 log.warning("refused %s: %s", remote, why)
+                self.metrics.refused("auth_token")
                 await request.reject(status, f"{why}\n")
                 return
         ws = await request.accept()
@@ -327,6 +337,7 @@ class Server:
         ) as exc:
             why = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
             log.warning("refused %s: %s", remote, why or type(exc).__name__)
+            self.metrics.refused("handshake")
             if not isinstance(exc, _ws.ConnectionClosed):
                 await send_refusal(ws, why)
             await ws.aclose(1008, why)
@@ -345,7 +356,14 @@ class Server:
             window=streams.window_bytes,
             standby_socket_close_secs=self.config.failover.standby_socket_close_secs,
         )
-        session = Session(ws, self, settings, is_server=True, name=f"client {hello.client_id}")
+        session = Session(
+            ws,
+            self,
+            settings,
+            is_server=True,
+            name=f"client {hello.client_id}",
+            metrics=self.metrics,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(session.run)
             self._register(hello.client_id, session, remote)

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from ._errors import RemoteProtocolError, SequenceError
+from ._metrics import Metrics
 from ._protocol import Frame, FrameType, decode_frames, decode_json, encode_frame, encode_json
 from ._stream import END_OF_STREAM, TunnelStream, fail, peer_reset, reset_tcp, run_stream
 from ._writer import Writer
@@ -60,6 +61,7 @@ class Session:
         *,
         is_server: bool,
         name: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ws = ws
         self.name = name
@@ -70,6 +72,7 @@ class Session:
         self._next_id = 2 if is_server else 1
         self._last_peer_id = 0
         self._streams: dict[int, TunnelStream] = {}
+        self.metrics = metrics if metrics is not None else Metrics()
         self.writer = Writer(ws, control_limit=4 * settings.max_streams + 1024)
         self._nursery: trio.Nursery | None = None
         self._last_rx = trio.current_time()
@@ -165,10 +168,14 @@ class Session:
         )
         self._streams[stream_id] = stream
         self.streams_total += 1
+        self.metrics.stream_opened(tunnel)
         return stream
 
     def forget_stream(self, stream: TunnelStream) -> None:
-        self._streams.pop(stream.id, None)
+        if self._streams.pop(stream.id, None) is not None:
+            self.metrics.stream_closed(
+                stream.tunnel, stream.bytes_out, stream.bytes_in, stream.reset_reason
+            )
         self.bytes_out += stream.bytes_out
         self.bytes_in += stream.bytes_in
 

@@ -104,9 +104,9 @@ async def run_stream(
                 nursery.start_soon(_pump_tunnel_to_tcp, session, stream, tcp)
             clean = stream.reset_reason is None
     finally:
-        session.forget_stream(stream)
         if stream.reset_reason is None and not clean:
             stream.reset_reason = session.closing_reason or "cancelled"
+        session.forget_stream(stream)
         if tcp is not None:
             if clean:
                 with trio.move_on_after(1) as scope:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import trio
 
@@ -109,9 +109,15 @@ def describe_tls_failure(exc: BaseException) -> str:
 class TlsServerStream(trio.abc.Stream):
     """A server-side TLS stream that handshakes on first use and logs a refusal once."""
 
-    def __init__(self, ssl_stream: trio.SSLStream[trio.SocketStream], remote: str) -> None:
+    def __init__(
+        self,
+        ssl_stream: trio.SSLStream[trio.SocketStream],
+        remote: str,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self._ssl = ssl_stream
         self.remote = remote
+        self._on_refused = on_refused
         self.subject = ""
         self._ready = False
 
@@ -127,6 +133,8 @@ class TlsServerStream(trio.abc.Stream):
             log.warning(
                 "refused %s: TLS handshake failed: %s", self.remote, describe_tls_failure(exc)
             )
+            if self._on_refused is not None:
+                self._on_refused("tls")
             raise
         self._ready = True
         cert = self._ssl.getpeercert()
@@ -153,9 +161,15 @@ class TlsServerStream(trio.abc.Stream):
 class TlsListener(trio.abc.Listener[TlsServerStream]):
     """Accepts TCP and wraps it for TLS without doing any handshake in the accept loop."""
 
-    def __init__(self, listener: trio.SocketListener, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        listener: trio.SocketListener,
+        context: ssl.SSLContext,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.transport_listener = listener
         self._context = context
+        self._on_refused = on_refused
 
     async def accept(self) -> TlsServerStream:
         tcp = await self.transport_listener.accept()
@@ -165,7 +179,7 @@ class TlsListener(trio.abc.Listener[TlsServerStream]):
         except OSError:
             remote = "?"
         ssl_stream = trio.SSLStream(tcp, self._context, server_side=True, https_compatible=True)
-        return TlsServerStream(ssl_stream, remote)
+        return TlsServerStream(ssl_stream, remote, self._on_refused)
 
     async def aclose(self) -> None:
         await self.transport_listener.aclose()

@@ -192,6 +192,7 @@ async def serve(
     handshake_timeout: float,
     close_timeout: float,
     handler_nursery: trio.Nursery | None = None,
+    on_refused: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSocket upgrades on ``host:port``; reports the bound port via ``task_status``.
@@ -212,7 +213,7 @@ async def serve(
     listeners: list[Any] = (
         list(tcp_listeners)
         if ssl_context is None
-        else [TlsListener(listener, ssl_context) for listener in tcp_listeners]
+        else [TlsListener(listener, ssl_context, on_refused) for listener in tcp_listeners]
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(

@@ -1,0 +1,98 @@
+"""Counters and gauges of one process, kept in plain Python (no I/O here).
+
+The core calls these methods at events (never per data frame: bytes are added when a stream
+closes and sampled from open streams when read). The HTTP endpoint renders them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import attrs
+
+
+@attrs.define
+class TunnelCounters:
+    streams_open: int = 0
+    streams_total: int = 0
+    bytes_out: int = 0  # from this side's TCP into the tunnel (closed streams)
+    bytes_in: int = 0  # from the tunnel to this side's TCP (closed streams)
+
+
+@attrs.define
+class Metrics:
+    """Everything an operator may want to count in one process."""
+
+    role: str = "server"
+    tunnels: dict[str, TunnelCounters] = attrs.field(factory=dict)
+    switches: Counter[str] = attrs.field(factory=Counter)  # reason -> count
+    refused_peers: Counter[str] = attrs.field(factory=Counter)  # reason -> count
+    stream_resets: Counter[str] = attrs.field(factory=Counter)  # reason kind -> count
+    reconnects: int = 0
+    # Live values the owner provides: connected client ids, active id, connected (client).
+    live: Callable[[], dict[str, object]] = attrs.field(default=lambda: {})
+    open_stream_bytes: Callable[[], dict[str, tuple[int, int]]] = attrs.field(default=lambda: {})
+
+    def tunnel(self, name: str) -> TunnelCounters:
+        counters = self.tunnels.get(name)
+        if counters is None:
+            counters = self.tunnels[name] = TunnelCounters()
+        return counters
+
+    def stream_opened(self, tunnel: str) -> None:
+        counters = self.tunnel(tunnel)
+        counters.streams_open += 1
+        counters.streams_total += 1
+
+    def stream_closed(
+        self, tunnel: str, bytes_out: int, bytes_in: int, reset_reason: str | None
+    ) -> None:
+        counters = self.tunnel(tunnel)
+        counters.streams_open -= 1
+        counters.bytes_out += bytes_out
+        counters.bytes_in += bytes_in
+        if reset_reason is not None:
+            self.stream_resets[reset_kind(reset_reason)] += 1
+
+    def switched(self, reason: str) -> None:
+        self.switches[switch_kind(reason)] += 1
+
+    def refused(self, reason: str) -> None:
+        self.refused_peers[reason] += 1
+
+    def reconnected(self) -> None:
+        self.reconnects += 1
+
+
+def reset_kind(reason: str) -> str:
+    """A short label for a reset reason, so label values stay few."""
+    text = reason.lower()
+    for needle, kind in (
+        ("failover", "failover"),
+        ("demoted", "failover"),
+        ("reset by peer", "peer"),
+        ("connect to", "connect_failed"),
+        ("unknown tunnel", "unknown_tunnel"),
+        ("sequence", "sequence"),
+        ("tcp receive", "tcp_error"),
+        ("tcp send", "tcp_error"),
+        ("websocket", "session_lost"),
+        ("ping timeout", "session_lost"),
+        ("protocol error", "protocol_error"),
+        ("cancelled", "shutdown"),
+    ):
+        if needle in text:
+            return kind
+    return "other"
+
+
+def switch_kind(reason: str) -> str:
+    text = reason.lower()
+    if "data arrived" in text:
+        return "data"
+    if "lost" in text:
+        return "client_lost"
+    if "connected and no client was active" in text:
+        return "first_client"
+    return "other"
