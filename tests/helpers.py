@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -143,7 +144,7 @@ def client_config(
     *,
     listen: dict[str, int] | None = None,
     connect: dict[str, int] | None = None,
-    **websocket: float,
+    **websocket: Any,
 ) -> tt.Config:
     return tt.Config(
         role="client",

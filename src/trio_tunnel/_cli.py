@@ -8,7 +8,7 @@ import signal
 import sys
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any

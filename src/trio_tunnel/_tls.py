@@ -143,7 +143,7 @@ class TlsServerStream(trio.abc.Stream):
                 f"{key}={value}" for rdn in cert.get("subject", ()) for key, value in rdn
             )
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await self._handshake()
         return await self._ssl.receive_some(max_bytes)
 

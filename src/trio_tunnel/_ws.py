@@ -22,7 +22,7 @@ import trio
 import trio_websocket
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 from ._errors import RemoteProtocolError
 from ._tls import TlsListener
