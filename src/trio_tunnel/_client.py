@@ -55,6 +55,7 @@ class Client:
             "active": int(self.connected and self.active),
             "client_id": self.client_id,
         }
+        self.metrics.open_stream_bytes = self._open_stream_bytes
         ws_settings = config.websocket
         self._ssl_context = (
             client_context(
@@ -90,6 +91,12 @@ class Client:
         check = checks[what]
         while not check():
             await self._changed.wait()
+
+    def _open_stream_bytes(self) -> dict[str, tuple[int, int]]:
+        totals: dict[str, tuple[int, int]] = {}
+        if self._session is not None:
+            self._session.open_bytes_by_tunnel(totals)
+        return totals
 
     def _notify(self) -> None:
         self._changed.set()

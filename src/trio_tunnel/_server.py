@@ -105,6 +105,7 @@ class Server:
             "connected_clients": len(self._clients),
             "active_client": self._active or 0,
         }
+        self.metrics.open_stream_bytes = self._open_stream_bytes
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -221,6 +222,12 @@ class Server:
             )
             return
         self._switch(client.client_id, f"data arrived at client {client.client_id}'s listener")
+
+    def _open_stream_bytes(self) -> dict[str, tuple[int, int]]:
+        totals: dict[str, tuple[int, int]] = {}
+        for client in self._clients.values():
+            client.session.open_bytes_by_tunnel(totals)
+        return totals
 
     def _client_of(self, session: Session) -> _Client | None:
         for client in self._clients.values():

@@ -117,6 +117,12 @@ class Session:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    def open_bytes_by_tunnel(self, totals: dict[str, tuple[int, int]]) -> None:
+        """Add the bytes out and in of this session's open streams to ``totals``."""
+        for stream in self._streams.values():
+            out, in_ = totals.get(stream.tunnel, (0, 0))
+            totals[stream.tunnel] = (out + stream.bytes_out, in_ + stream.bytes_in)
+
     # -- streams -------------------------------------------------------------------------
     def open_stream(
         self,
