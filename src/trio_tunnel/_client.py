@@ -10,18 +10,18 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any, NoReturn
 
 import trio
 import trio_websocket
 
 from . import _ws
-from ._config import Config, read_token
+from ._config import Config, Listen, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import client_handshake
-from ._listen import serve_accepts
+from ._listen import ListenerSet
 from ._metrics import Metrics
+from ._reload import reload_tunnels as _reload_tunnels
 from ._session import Session, SessionSettings
 from ._stream import TunnelStream, reset_tcp
 from ._tls import client_context, describe_tls_failure
@@ -46,7 +46,7 @@ class Client:
         self._closed_until = 0.0
         self._activation_sent_epoch = -1
         self._changed = trio.Event()
-        self.listen_ports: dict[str, int] = {}
+        self._listeners = ListenerSet(self._on_tcp)
         self.listening = False
         self.connections = 0
         self.metrics = Metrics(role="client")
@@ -253,59 +253,63 @@ class Client:
         return self.connected and trio.current_time() >= self._closed_until
 
     async def _manage_listeners(self) -> NoReturn:
-        while True:
-            if not self._want_listeners():
-                await self._wait_change_or(self._closed_until if self.connected else None)
-                continue
-            try:
-                listeners = await self._bind_all()
-            except OSError as exc:
-                log.warning(
-                    "client %d: cannot open listen sockets: %s (retrying in %gs)",
-                    self.client_id,
-                    exc,
-                    _BIND_RETRY_SECS,
+        async with trio.open_nursery() as nursery:
+            while True:
+                failures: list[tuple[Listen, OSError]] = []
+                if self._want_listeners():
+                    failures = await self._listeners.apply(nursery, self.config.listen)
+                    for entry, exc in failures:
+                        log.warning(
+                            "client %d: cannot listen for tunnel %s on %s:%d: %s (retrying in %gs)",
+                            self.client_id,
+                            entry.tunnel,
+                            entry.bind,
+                            entry.port,
+                            exc.strerror or exc,
+                            _BIND_RETRY_SECS,
+                        )
+                else:
+                    self._listeners.close_all()
+                self._set_listening(
+                    bool(self._listeners.open_tunnels)
+                    or (self._want_listeners() and not self.config.listen)
                 )
-                await trio.sleep(_BIND_RETRY_SECS)
-                continue
-            async with trio.open_nursery() as nursery:
-                for tunnel, tunnel_listeners in listeners:
-                    nursery.start_soon(
-                        serve_accepts, tunnel_listeners, partial(self._on_tcp, tunnel)
-                    )
-                self.listening = True
-                self._notify()
-                log.info(
-                    "client %d: listening: %s",
-                    self.client_id,
-                    ", ".join(f"{t} on {p}" for t, p in self.listen_ports.items()) or "none",
-                )
-                while self._want_listeners():
+                if failures:
+                    await self._wait_change_or(trio.current_time() + _BIND_RETRY_SECS)
+                elif self.connected and trio.current_time() < self._closed_until:
+                    await self._wait_change_or(self._closed_until)
+                else:
                     await self._wait_change_or(None)
-                nursery.cancel_scope.cancel()
-            self.listening = False
-            self._notify()
+
+    def _set_listening(self, listening: bool) -> None:
+        if listening == self.listening:
+            return
+        self.listening = listening
+        if listening:
+            log.info(
+                "client %d: listening: %s",
+                self.client_id,
+                ", ".join(f"{t} on {p}" for t, p in self.listen_ports.items()) or "none",
+            )
+        else:
             log.info("client %d: listen sockets closed", self.client_id)
+        self._notify()
 
     async def _wait_change_or(self, deadline: float | None) -> None:
         with trio.move_on_at(deadline if deadline is not None else float("inf")):
             await self._changed.wait()
 
-    async def _bind_all(self) -> list[tuple[str, list[trio.SocketListener]]]:
-        bound: list[tuple[str, list[trio.SocketListener]]] = []
-        try:
-            for entry in self.config.listen:
-                # Port 0 binds a free port once; later re-openings reuse that port.
-                port = self.listen_ports.get(entry.tunnel, entry.port)
-                listeners = await trio.open_tcp_listeners(port, host=entry.bind)
-                self.listen_ports[entry.tunnel] = listeners[0].socket.getsockname()[1]
-                bound.append((entry.tunnel, listeners))
-        except BaseException:
-            for _, listeners in bound:
-                for listener in listeners:
-                    await listener.aclose()
-            raise
-        return bound
+    @property
+    def listen_ports(self) -> dict[str, int]:
+        """The port each listen tunnel is (or was last) bound to."""
+        return self._listeners.ports
+
+    async def reload(self, config: Config) -> None:
+        """Apply a re-read config: tunnel additions, removals and changes take effect at
+        once (open streams are untouched); other changes are logged and left unchanged."""
+        self.config = _reload_tunnels(self.config, config, "client")
+        self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
+        self._notify()
 
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         session = self._session

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NoReturn
 
 import trio
+
+from ._config import Listen
 
 log = logging.getLogger("trio_tunnel.listen")
 
@@ -55,3 +58,69 @@ async def _accept_loop(
                 log.warning("accept on %s recovered", listener.socket.getsockname())
                 logged = False
             on_accept(tcp)
+
+
+class ListenerSet:
+    """The accept loops of a set of ``[[listen]]`` entries, changeable while running.
+
+    ``apply`` opens what is new or changed and closes what is gone, leaving the rest (and
+    every stream already accepted, which belongs to a session) untouched. The port bound for
+    an entry with port 0 is remembered, so closing and reopening keeps it.
+    """
+
+    def __init__(self, on_accept: Callable[[str, trio.SocketStream], None]) -> None:
+        self._on_accept = on_accept
+        self._running: dict[str, tuple[Listen, trio.CancelScope]] = {}
+        self.ports: dict[str, int] = {}
+
+    @property
+    def open_tunnels(self) -> set[str]:
+        return set(self._running)
+
+    async def apply(
+        self, nursery: trio.Nursery, entries: Sequence[Listen]
+    ) -> list[tuple[Listen, OSError]]:
+        """Make the running set match ``entries``; returns the entries that failed to bind."""
+        wanted = {entry.tunnel: entry for entry in entries}
+        for tunnel, (entry, _scope) in list(self._running.items()):
+            if wanted.get(tunnel) != entry:
+                self.close(tunnel)
+                if tunnel in wanted:
+                    self.ports.pop(tunnel, None)  # changed: bind what the entry now says
+        failures: list[tuple[Listen, OSError]] = []
+        for entry in entries:
+            if entry.tunnel in self._running:
+                continue
+            try:
+                await self._open(nursery, entry)
+            except OSError as exc:
+                failures.append((entry, exc))
+        for tunnel in set(self.ports) - set(wanted):
+            del self.ports[tunnel]
+        return failures
+
+    async def _open(self, nursery: trio.Nursery, entry: Listen) -> None:
+        port = self.ports.get(entry.tunnel, entry.port)
+        listeners = await trio.open_tcp_listeners(port, host=entry.bind)
+        self.ports[entry.tunnel] = int(listeners[0].socket.getsockname()[1])
+        scope = trio.CancelScope()
+        self._running[entry.tunnel] = (entry, scope)
+        nursery.start_soon(self._serve, scope, listeners, entry.tunnel)
+
+    async def _serve(
+        self, scope: trio.CancelScope, listeners: list[trio.SocketListener], tunnel: str
+    ) -> None:
+        try:
+            with scope:
+                await serve_accepts(listeners, partial(self._on_accept, tunnel))
+        finally:
+            for listener in listeners:  # also when cancelled before the loop ever ran
+                listener.socket.close()
+
+    def close(self, tunnel: str) -> None:
+        _entry, scope = self._running.pop(tunnel)
+        scope.cancel()
+
+    def close_all(self) -> None:
+        for tunnel in list(self._running):
+            self.close(tunnel)

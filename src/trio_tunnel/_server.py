@@ -23,8 +23,9 @@ from . import _ws
 from ._config import Config, read_token
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import send_refusal, send_welcome, server_handshake
-from ._listen import serve_accepts
+from ._listen import ListenerSet
 from ._metrics import Metrics
+from ._reload import reload_tunnels
 from ._session import Session, SessionSettings
 from ._stream import reset_tcp
 from ._tls import server_context
@@ -98,7 +99,8 @@ class Server:
             if ws_settings.auth_token_file
             else None
         )
-        self.listen_ports: dict[str, int] = {}
+        self._listeners = ListenerSet(self._on_tcp)
+        self.listen_ports = self._listeners.ports
         self.switches = 0
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
@@ -149,10 +151,14 @@ class Server:
                     on_refused=self.metrics.refused,
                 )
             )
-            for entry in self.config.listen:
-                listeners = await trio.open_tcp_listeners(entry.port, host=entry.bind)
-                self.listen_ports[entry.tunnel] = listeners[0].socket.getsockname()[1]
-                nursery.start_soon(serve_accepts, listeners, partial(self._on_tcp, entry.tunnel))
+            failures = await self._listeners.apply(nursery, self.config.listen)
+            if failures:
+                entry, exc = failures[0]
+                raise OSError(
+                    exc.errno,
+                    f"tunnel {entry.tunnel}: cannot listen on {entry.bind}:"
+                    f"{entry.port}: {exc.strerror or exc}",
+                )
             log.info(
                 "server listening for clients on %s://%s:%d%s; tunnels: %s",
                 ws_settings.scheme,
@@ -228,6 +234,22 @@ class Server:
         for client in self._clients.values():
             client.session.open_bytes_by_tunnel(totals)
         return totals
+
+    async def reload(self, config: Config) -> None:
+        """Apply a re-read config: tunnel additions, removals and changes, and the failover
+        settings, take effect at once (open streams are untouched); other changes are logged
+        and left unchanged."""
+        self.config = reload_tunnels(self.config, config, "server")
+        self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
+        assert self._supervisor is not None
+        for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
+            log.error(
+                "reload: cannot listen for tunnel %s on %s:%d: %s; it stays closed",
+                entry.tunnel,
+                entry.bind,
+                entry.port,
+                exc.strerror or exc,
+            )
 
     def _client_of(self, session: Session) -> _Client | None:
         for client in self._clients.values():
