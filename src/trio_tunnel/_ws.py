@@ -106,20 +106,12 @@ async def connect(
     host_header = host if port in (80, 443) else f"{host}:{port}"
     if ":" in host:
         host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
+    deadline = trio.current_time() + connect_timeout
+    with trio.fail_at(deadline):
+        stream = await _open_stream(host, port, ssl_context)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-                stream = await trio.open_tcp_stream(host, port)
-                if ssl_context is not None:
-                    stream = trio.SSLStream(
-                        stream, ssl_context, server_hostname=host, https_compatible=True
-                    )
-                    try:
-                        await stream.do_handshake()
-                    except BaseException:
-                        await trio.aclose_forcefully(stream)
-                        raise
+            with trio.fail_at(deadline):
                 connection = await trio_websocket.wrap_client_stream(
                     nursery,
                     stream,
@@ -137,18 +129,42 @@ async def connect(
                 await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The library's reader task raises a rejection inside our nursery; say it plainly.
-        rejected, _rest = group.split(trio_websocket.ConnectionRejected)
-        if rejected is not None:
-            raise _first_leaf(rejected) from None
+        # A failed upgrade (an HTTP rejection raised by the library's reader task, a broken
+        # or timed-out connection) arrives wrapped by our nursery: raise it plainly.
+        failure = _sole_failure(group)
+        if failure is not None:
+            raise failure from None
         raise
 
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+async def _open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    tcp = await trio.open_tcp_stream(host, port)
+    if ssl_context is None:
+        return tcp
+    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one error ``group`` is about, ignoring cancellations, if there is exactly one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], Exception):
+        return leaves[0]
+    return None
 
 
 class Request:
