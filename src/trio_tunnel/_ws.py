@@ -24,6 +24,7 @@ import trio_websocket
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
+from . import _mask
 from ._errors import RemoteProtocolError
 from ._tls import TlsListener
 
@@ -32,6 +33,7 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
 
 ConnectionClosed = trio_websocket.ConnectionClosed
+FAST_MASKING = _mask.FAST_MASKING
 log = logging.getLogger("trio_tunnel.websocket")
 
 
