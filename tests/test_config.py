@@ -290,7 +290,7 @@ BAD_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("listen", with_changes(SERVER, listen=[L0, {**L0, "x": 1}]), "listen[1].x: unknown key"),
     ("connect", with_changes(SERVER, connect=[{"zz": 0}]), "connect[0].zz: unknown key"),
     ("stream", with_changes(SERVER, streams={"window": 1}), "streams.window: unknown key"),
-    ("log", with_changes(SERVER, logging={"file": "x"}), "logging.file: unknown key"),
+    ("log", with_changes(SERVER, logging={"files": "x"}), "logging.files: unknown key"),
     ("fail", with_changes(SERVER, failover={"a": 1}), "failover.a: unknown key"),
     ("quoted", with_changes(SERVER, **{"a b": 1}), "'a b': unknown key"),
     # missing keys and tables

@@ -114,3 +114,38 @@ def test_demo_exits_zero() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SHA-256 match" in result.stdout
     assert "active client: client 2" in result.stdout
+
+
+async def test_sighup_reloads_tunnels(
+    nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess]
+) -> None:
+    echo = await start_service(nursery, echo_handler)
+    ws, first, second = free_port(), free_port(), free_port()
+    server = TunnelProcess("server", toml_config("server", ws, listen={"a": first}), tmp_path)
+    client = TunnelProcess(
+        "client1", toml_config("client", ws, client_id=1, connect={"a": echo, "b": echo}), tmp_path
+    )
+    procs += [server, client]
+    await server.wait_log(r"active client None -> 1")
+    await wait_port_open(first)
+    async with await trio.open_tcp_stream(LOCALHOST, first) as kept:
+        await kept.send_all(b"before")
+        assert await kept.receive_some(6) == b"before"
+        server.config_path.write_text(toml_config("server", ws, listen={"b": second}))
+        server.signal(signal.SIGHUP)
+        await server.wait_log(r"added \['b'\], removed \['a'\]")
+        await wait_port_open(second)
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream(LOCALHOST, second) as tcp:
+                await tcp.send_all(b"new tunnel")
+                await tcp.send_eof()
+                assert await read_to_end(tcp) == (b"new tunnel", "eof")
+            # The stream accepted before the reload is untouched.
+            await kept.send_all(b"after")
+            await kept.send_eof()
+            assert await read_to_end(kept) == (b"after", "eof")
+    # A broken config on SIGHUP is refused and the process keeps running.
+    server.config_path.write_text("role = 'server'\n[websocket]\nurl = 3\n")
+    server.signal(signal.SIGHUP)
+    await server.wait_log(r"reload refused, running config kept: .*websocket.url")
+    assert server.proc is not None and server.proc.poll() is None

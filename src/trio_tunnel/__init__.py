@@ -17,6 +17,7 @@ from ._config import Connect as Connect
 from ._config import FailoverSettings as FailoverSettings
 from ._config import Listen as Listen
 from ._config import LoggingSettings as LoggingSettings
+from ._config import MetricsSettings as MetricsSettings
 from ._config import StreamSettings as StreamSettings
 from ._config import WebSocketSettings as WebSocketSettings
 from ._config import describe_config as describe_config
@@ -29,6 +30,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StreamReset as StreamReset
 from ._errors import TunnelError as TunnelError
+from ._metrics_http import serve_metrics as serve_metrics
 from ._server import ClientInfo as ClientInfo
 from ._server import Server as Server
 from ._server import ServerState as ServerState

@@ -15,8 +15,11 @@ from typing import Any
 
 import trio
 
-from ._config import Config, describe_config, load_config
+from . import _migrate, _status, _winservice
+from ._client import Client, serve_client
+from ._config import Config, LoggingSettings, describe_config, load_config
 from ._errors import ConfigError
+from ._server import Server, serve_server
 
 log = logging.getLogger("trio_tunnel")
 
@@ -25,7 +28,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 # Modules adding subcommands: each has register(subparsers), whose parsers set `handler`.
-_EXTENSIONS: list[Any] = []
+_EXTENSIONS: list[Any] = [_status, _migrate, _winservice]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(config.logging.level)
     try:
-        trio.run(_run, config)
+        trio.run(_run, config, _config_path(args.config))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before trio installed its handler
         pass
     except Exception as exc:
@@ -124,28 +127,53 @@ def _config_path(argument: str) -> Path:
     return path
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-        force=True,
-    )
+def setup_logging(settings: LoggingSettings | str) -> None:
+    """Send log records where the ``[logging]`` table says; a bare level logs to stdout only."""
+    from . import _logging
+
+    if isinstance(settings, str):
+        settings = LoggingSettings(level=settings)
+    _logging.setup(settings)
 
 
-async def _run(config: Config) -> None:
-    from ._client import serve_client
-    from ._server import serve_server
+async def _run(config: Config, path: Path) -> None:
+    from ._metrics_http import serve_metrics
 
+    # The caller logged to stdout only, so that a failure here is still reported; now the
+    # configured outputs (file, syslog) replace that.
+    setup_logging(config.logging)
     async with trio.open_nursery() as nursery:
+        running: Server | Client
         if config.role == "server":
-            await nursery.start(serve_server, config)
+            running = await nursery.start(serve_server, config)
         else:
-            await nursery.start(serve_client, config)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            running = await nursery.start(serve_client, config)
+        if config.metrics.listen is not None:
+            await nursery.start(serve_metrics, config.metrics, running)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(running, path)
+                    continue
                 log.info(
                     "%s received: closing all streams and exiting", signal.Signals(signum).name
                 )
                 break
         nursery.cancel_scope.cancel()
+
+
+async def _reload(running: Server | Client, path: Path) -> None:
+    """SIGHUP: re-read the config; apply what can change live, log what cannot."""
+    log.info("SIGHUP received: reloading %s", path)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("reload refused, running config kept: %s", exc)
+        return
+    if (config.role, config.client_id) != (running.config.role, running.config.client_id):
+        log.error("reload refused: role and client_id cannot change in a running process")
+        return
+    if config.logging != running.config.logging:
+        setup_logging(config.logging)
+        log.info("reload: logging settings applied")
+    await running.reload(config)

@@ -20,10 +20,12 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time
+from logging.handlers import SysLogHandler
 from typing import Any, Final, TypeGuard, cast, get_args, get_origin
 from urllib.parse import SplitResult, urlsplit
 
@@ -50,6 +52,7 @@ __all__ = [
     "FailoverSettings",
     "Listen",
     "LoggingSettings",
+    "MetricsSettings",
     "StreamSettings",
     "WebSocketSettings",
     "describe_config",
@@ -68,6 +71,10 @@ MAX_WINDOW_BYTES: Final = 16 * 1024 * 1024
 MAX_STREAMS_LIMIT: Final = 1_000_000
 MAX_TUNNEL_NAME: Final = 64
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_DAYS_TO_KEEP: Final = 14
+MAX_DAYS_TO_KEEP: Final = 3650
+DEFAULT_SYSLOG_PORT: Final = 514
+DEFAULT_SYSLOG_FACILITY: Final = "user"
 
 _CHECK: Final = "trio_tunnel.check"
 _TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
@@ -268,6 +275,89 @@ def _log_level(value: object) -> str | None:
     return None
 
 
+def _log_file(value: object) -> str | None:
+    """None (not set) or a regular file this process may append to, in an existing directory."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return _string(value)
+    if not value or "\0" in value:
+        return f"expected a file name (got {value!r})"
+    if os.path.isdir(value):
+        return f"{value!r} is a directory (give the name of a file in it)"
+    if os.path.exists(value) and not os.path.isfile(value):
+        return f"{value!r} is not a regular file (rotation renames it)"
+    directory = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(directory):
+        return f"directory {directory!r} does not exist"
+    # Rotation creates, renames and deletes files beside the log, not just appends to it.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory!r} is not writable"
+    if os.path.exists(value) and not os.access(value, os.W_OK):
+        return f"{value!r} is not writable"
+    return None
+
+
+def _syslog_host(value: object) -> str | None:
+    """None (not set), an IP address, or a host name that resolves now.
+
+    A name that does not resolve at start-up would only fail on the first log record, and
+    ``SysLogHandler`` would then report it on stderr for every record: fail early instead.
+    """
+    if value is None:
+        return None
+    problem = _host(value)
+    if problem is not None or not isinstance(value, str) or _is_ip(value):
+        return problem
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {value!r}: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
+def _syslog_facility(value: object) -> str | None:
+    if not isinstance(value, str):
+        return _string(value)
+    if value not in SysLogHandler.facility_names:
+        names = ", ".join(sorted(SysLogHandler.facility_names))
+        return f"must be one of {names} (got {value!r})"
+    return None
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[IPv6]:port`` as (host, port); ValueError says what is wrong."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPv6 address]:port (got {text!r})")
+        if not _is_ip(host) or ipaddress.ip_address(host).version != 6:
+            raise ValueError(f"expected an IPv6 address in the brackets (got {host!r})")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected host:port (got {text!r})")
+        if ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, as [::1]:9108 (got {text!r})")
+        if not _is_host(host):
+            raise ValueError(f"expected an IP address or a host name before ':' (got {host!r})")
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(f"the port must be 0..65535 (got {port!r})")
+    return host, int(port)
+
+
+def _host_port(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return _string(value)
+    try:
+        _split_host_port(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _role(value: object) -> str | None:
     if not isinstance(value, str):
         return _string(value)
@@ -334,6 +424,10 @@ def _as_float(value: float) -> float:
 
 def _as_upper(value: str) -> str:
     return value.upper() if isinstance(value, str) else value
+
+
+def _as_lower(value: str) -> str:
+    return value.lower() if isinstance(value, str) else value
 
 
 class _Checked:
@@ -488,9 +582,55 @@ class Connect(_Checked):
 
 @attrs.frozen(kw_only=True)
 class LoggingSettings(_Checked):
-    """The ``[logging]`` table. ``level`` is accepted in any case and stored upper-case."""
+    """The ``[logging]`` table. ``level`` is accepted in any case and stored upper-case.
+
+    Records go to stdout (unless ``stdout = false``), to ``file`` when set (rotated at local
+    midnight, the last ``days_to_keep`` old files kept gzip-compressed) and, when
+    ``syslog_host`` is set, to that syslog server over UDP with ``syslog_facility``.
+    """
 
     level: str = attrs.field(default="INFO", converter=_as_upper, metadata=_checked(_log_level))
+    stdout: bool = attrs.field(default=True, metadata=_checked(_boolean))
+    file: str | None = attrs.field(default=None, metadata=_checked(_log_file))
+    days_to_keep: int = attrs.field(
+        default=DEFAULT_DAYS_TO_KEEP, metadata=_checked(_int_in(1, MAX_DAYS_TO_KEEP))
+    )
+    syslog_host: str | None = attrs.field(default=None, metadata=_checked(_syslog_host))
+    syslog_port: int = attrs.field(
+        default=DEFAULT_SYSLOG_PORT, metadata=_checked(_int_in(1, 65535))
+    )
+    syslog_facility: str = attrs.field(
+        default=DEFAULT_SYSLOG_FACILITY, converter=_as_lower, metadata=_checked(_syslog_facility)
+    )
+
+    def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
+        unused: list[tuple[str, object, str]] = []
+        if self.file is None:
+            unused.append(("days_to_keep", DEFAULT_DAYS_TO_KEEP, "file"))
+        if self.syslog_host is None:
+            unused.append(("syslog_port", DEFAULT_SYSLOG_PORT, "syslog_host"))
+            unused.append(("syslog_facility", DEFAULT_SYSLOG_FACILITY, "syslog_host"))
+        return [
+            ((key,), f"only used with {needed} (which is not set)")
+            for key, default, needed in unused
+            if key not in bad and getattr(self, key) != default
+        ]
+
+
+@attrs.frozen(kw_only=True)
+class MetricsSettings(_Checked):
+    """The ``[metrics]`` table: where to serve ``GET /metrics`` and ``GET /health``.
+
+    ``listen`` is ``host:port`` (``[::1]:9108`` for IPv6; port 0 binds any free port).
+    Without it the process serves no endpoint.
+    """
+
+    listen: str | None = attrs.field(default=None, metadata=_checked(_host_port))
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, the host without IPv6 brackets; None when not configured."""
+        return None if self.listen is None else _split_host_port(self.listen)
 
 
 @attrs.frozen(kw_only=True)
@@ -511,6 +651,9 @@ class Config(_Checked):
     logging: LoggingSettings = attrs.field(
         factory=LoggingSettings, metadata=_checked(_instance_of(LoggingSettings))
     )
+    metrics: MetricsSettings = attrs.field(
+        factory=MetricsSettings, metadata=_checked(_instance_of(MetricsSettings))
+    )
 
     @property
     def is_server(self) -> bool:
@@ -527,6 +670,8 @@ class Config(_Checked):
             problems += _unique_problems("connect", [entry.tunnel for entry in self.connect])
         if not bad & {"role", "websocket", "listen"}:
             problems += _port_problems(self)
+        if not bad & {"role", "websocket", "listen", "metrics"}:
+            problems += _metrics_port_problems(self)
         if not bad & {"role", "websocket"}:
             problems += [(("websocket", *path), why) for path, why in _tls_problems(self)]
         return problems
@@ -686,6 +831,22 @@ def _port_problems(config: Config) -> Iterable[_Problem]:
                 )
                 break
         taken.append((entry.bind, entry.port, f"listen[{index}]"))
+
+
+def _metrics_port_problems(config: Config) -> Iterable[_Problem]:
+    address = config.metrics.address
+    if address is None or address[1] == 0:
+        return
+    host, port = address
+    taken = [(entry.bind, entry.port, f"listen[{i}]") for i, entry in enumerate(config.listen)]
+    if config.is_server:
+        taken.insert(0, (config.websocket.host, config.websocket.port, "websocket.url"))
+    for bind, other_port, who in taken:
+        if other_port == port and _binds_overlap(host, bind):
+            if _bind_key(host) != _bind_key(bind):
+                who = f"{who} on {bind}"
+            yield ("metrics", "listen"), f"port {port} on {host} is already used by {who}"
+            return
 
 
 # --- the converter ---------------------------------------------------------------------------
@@ -852,13 +1013,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def _resolve_relative_paths(data: dict[str, Any], base: str) -> None:
     """File names in a config file are relative to the file, not to the working directory."""
-    websocket = data.get("websocket")
-    if not isinstance(websocket, dict):
-        return
-    for key in (*_TLS_FILES, "auth_token_file"):
-        value = websocket.get(key)
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            websocket[key] = os.path.join(base, value)
+    file_keys = {"websocket": (*_TLS_FILES, "auth_token_file"), "logging": ("file",)}
+    for table_name, keys in file_keys.items():
+        table = data.get(table_name)
+        if not isinstance(table, dict):
+            continue
+        for key in keys:
+            value = table.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                table[key] = os.path.join(base, value)
 
 
 def _address(host: str, port: int) -> str:
@@ -930,5 +1093,24 @@ def describe_config(config: Config) -> str:
         f" {streams.max_streams_per_session} streams per session, connect timeout"
         f" {streams.connect_timeout_secs:g}s"
     )
-    lines.append(f"logging: level {config.logging.level}")
+    lines.append(f"logging: level {config.logging.level}, {_describe_log_outputs(config.logging)}")
+    address = config.metrics.address
+    if address is None:
+        lines.append("metrics: no endpoint")
+    else:
+        lines.append(f"metrics: GET /metrics and /health on http://{_address(*address)}/")
     return "\n".join(lines)
+
+
+def _describe_log_outputs(settings: LoggingSettings) -> str:
+    outputs: list[str] = []
+    if settings.stdout:
+        outputs.append("to stdout")
+    if settings.file is not None:
+        outputs.append(
+            f"to {settings.file} (rotated daily, {settings.days_to_keep} old files kept gzipped)"
+        )
+    if settings.syslog_host is not None:
+        where = _address(settings.syslog_host, settings.syslog_port)
+        outputs.append(f"to syslog at {where} (UDP, facility {settings.syslog_facility})")
+    return ", ".join(outputs) or "nowhere (stdout = false and no file or syslog)"

@@ -65,23 +65,32 @@ class Metrics:
         self.reconnects += 1
 
 
+_RESET_NEEDLES = (
+    ("failover", "failover"),
+    ("demoted", "failover"),
+    ("reset by peer", "peer"),
+    ("connect to", "connect_failed"),
+    ("unknown tunnel", "unknown_tunnel"),
+    ("sequence", "sequence"),
+    ("tcp receive", "tcp_error"),
+    ("tcp send", "tcp_error"),
+    ("websocket", "session_lost"),
+    ("ping timeout", "session_lost"),
+    ("protocol error", "protocol_error"),
+    ("cancelled", "shutdown"),
+)
+
+# Every label value each counter can have, so an exporter can show zeros before the first event
+# (a Prometheus rate() over a series that appears mid-way misses its first increment).
+RESET_KINDS = (*dict.fromkeys(kind for _, kind in _RESET_NEEDLES), "other")
+SWITCH_REASONS = ("first_client", "data", "client_lost", "other")
+REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
+
+
 def reset_kind(reason: str) -> str:
     """A short label for a reset reason, so label values stay few."""
     text = reason.lower()
-    for needle, kind in (
-        ("failover", "failover"),
-        ("demoted", "failover"),
-        ("reset by peer", "peer"),
-        ("connect to", "connect_failed"),
-        ("unknown tunnel", "unknown_tunnel"),
-        ("sequence", "sequence"),
-        ("tcp receive", "tcp_error"),
-        ("tcp send", "tcp_error"),
-        ("websocket", "session_lost"),
-        ("ping timeout", "session_lost"),
-        ("protocol error", "protocol_error"),
-        ("cancelled", "shutdown"),
-    ):
+    for needle, kind in _RESET_NEEDLES:
         if needle in text:
             return kind
     return "other"

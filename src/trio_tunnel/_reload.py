@@ -11,7 +11,7 @@ from ._config import Config
 log = logging.getLogger("trio_tunnel.reload")
 
 # Tables a running process applies at once; any other change needs a restart.
-_LIVE = ("listen", "connect")
+_LIVE = ("listen", "connect", "logging")  # logging: applied by the command (_cli)
 _LIVE_ON_SERVER = ("failover",)
 
 
@@ -52,7 +52,5 @@ def reload_tunnels(running: Config, new: Config, who: str) -> Config:
                 changed or "none",
             )
     if running.is_server:
-        return attrs.evolve(
-            running, listen=new.listen, connect=new.connect, failover=new.failover
-        )
+        return attrs.evolve(running, listen=new.listen, connect=new.connect, failover=new.failover)
     return attrs.evolve(running, listen=new.listen, connect=new.connect)
