@@ -162,7 +162,7 @@ def test_defaults() -> None:
     assert (ws.ping_interval_secs, ws.ping_timeout_secs) == (5.0, 10.0)
     assert (ws.reconnect_min_secs, ws.reconnect_max_secs) == (0.2, 5.0)
     assert config.failover.standby_socket_close_secs == 15.0
-    assert config.streams.window_bytes == 262144
+    assert config.streams.window_bytes == 1024 * 1024
     assert config.streams.max_streams_per_session == 2048
     assert config.streams.connect_timeout_secs == 10.0
     assert config.listen == ()

@@ -147,8 +147,8 @@ async def test_window_violation_closes_the_session(nursery: trio.Nursery) -> Non
             async with raw_client(rig.server.websocket_port) as peer:
                 chunk = b"z" * 60000
                 frames = [encode_frame(FrameType.OPEN, 1, 1, "sink")]
-                frames += [encode_frame(FrameType.DATA, 1, seq, chunk) for seq in range(6)]
-                await peer.send(*frames)  # 360 kB > the 256 KiB window granted
+                frames += [encode_frame(FrameType.DATA, 1, seq, chunk) for seq in range(20)]
+                await peer.send(*frames)  # 1.2 MB > the 1 MiB window granted
                 assert await _closed_code(peer) == 1002
             await _good_client_still_works(rig.server_port("down"))
 

@@ -549,7 +549,7 @@ class StreamSettings(_Checked):
     """The ``[streams]`` table: per-stream credit window and per-session limits."""
 
     window_bytes: int = attrs.field(
-        default=262144, metadata=_checked(_int_in(MIN_WINDOW_BYTES, MAX_WINDOW_BYTES))
+        default=1024 * 1024, metadata=_checked(_int_in(MIN_WINDOW_BYTES, MAX_WINDOW_BYTES))
     )
     max_streams_per_session: int = attrs.field(
         default=2048, metadata=_checked(_int_in(1, MAX_STREAMS_LIMIT))

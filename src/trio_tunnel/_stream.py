@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_tunnel.stream")
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 128 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
