@@ -182,6 +182,8 @@ class Client:
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(session.run)
+                if session.closed:  # ended before it could be used
+                    return session.closing_reason or "closed"
                 self._session = session
                 # Epochs restart with a restarted server: an old "already asked" must not
                 # silence the first activation request of this session.

@@ -308,6 +308,8 @@ class Server:
         self._changed = trio.Event()
 
     def _register(self, client_id: int, session: Session, remote: str) -> None:
+        if session.closed:  # it ended before it could be registered: nothing to route to
+            return
         old = self._clients.get(client_id)
         if old is not None:
             log.warning(
