@@ -275,3 +275,48 @@ def test_config_file_paths_are_relative_to_the_file(pki: Pki, tmp_path: Path) ->
     )
     config = tt.load_config(config_file)
     assert config.websocket.tls_bundle == str(tmp_path / "server.pem")
+
+
+async def test_example_certificates_with_real_processes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The README's certificate recipe works end to end: wss, mutual TLS and pinning."""
+    import sys
+
+    from .helpers import free_port
+    from .procs import TunnelProcess, wait_port_open
+
+    script = Path(__file__).parent.parent / "examples" / "make_test_certs.py"
+    certs = tmp_path / "certs"
+    with trio.fail_after(60):
+        await trio.run_process([sys.executable, str(script), str(certs)], capture_stdout=True)
+    echo = await start_service(nursery, echo_handler)
+    ws, down = free_port(), free_port()
+    server = TunnelProcess(
+        "server",
+        f'role = "server"\n[websocket]\nurl = "wss://127.0.0.1:{ws}/"\n'
+        f'tls_bundle = "{certs}/server-bundle.pem"\nmutual_tls = true\n'
+        f'trusted_ca = "{certs}/trusted-ca.pem"\ntrusted_peers = "{certs}/trusted-clients.pem"\n'
+        f'[[listen]]\ntunnel = "down"\nport = {down}\n',
+        tmp_path,
+    )
+    client = TunnelProcess(
+        "client1",
+        f'role = "client"\nclient_id = 1\n[websocket]\nurl = "wss://127.0.0.1:{ws}/"\n'
+        f'trusted_ca = "{certs}/trusted-ca.pem"\nmutual_tls = true\n'
+        f'tls_bundle = "{certs}/client1-bundle.pem"\n'
+        f'trusted_peers = "{certs}/trusted-server.pem"\n'
+        f'[[connect]]\ntunnel = "down"\nhost = "127.0.0.1"\nport = {echo}\n',
+        tmp_path,
+    )
+    try:
+        await server.wait_log(r"active client None -> 1")
+        await wait_port_open(down)
+        with trio.fail_after(10):
+            async with await trio.open_tcp_stream(LOCALHOST, down) as tcp:
+                await tcp.send_all(b"over wss")
+                await tcp.send_eof()
+                assert await read_to_end(tcp) == (b"over wss", "eof")
+    finally:
+        client.close()
+        server.close()
