@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--newstream-count", type=int, default=200)
     add("--bulk-seconds", type=float, default=60, help="cap on the ping-pong under bulk")
     add("--min-rate-mib", type=float, default=8, help="a transfer slower than this times out")
+    add("--many-streams", type=int, default=1000, help="concurrent 64 KiB echoes (memory)")
+    add("--slow-seconds", type=float, default=10, help="how long to feed the slow receiver")
     add("--window-bytes", type=int, help="set [streams] window_bytes in both configs")
     add("--websocat", help="the websocat binary (default: websocat on PATH)")
     add("--no-websocat", action="store_true")
@@ -85,7 +87,15 @@ def _settings(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _parser()
     if parser.parse_known_args(argv)[0].quick:
         # Small defaults; sizes given explicitly on the command line still win.
-        parser.set_defaults(size_mib=64, runs=1, parallel_mib=16, long_mib=256, bulk_seconds=5)
+        parser.set_defaults(
+            size_mib=64,
+            runs=1,
+            parallel_mib=16,
+            long_mib=256,
+            bulk_seconds=5,
+            many_streams=200,
+            slow_seconds=3,
+        )
     return parser.parse_args(argv)
 
 
@@ -269,6 +279,44 @@ class Bench:
         )
         return _ms_summary(out["times"])
 
+    def many_streams(self, port: int) -> Result:
+        """``--many-streams`` concurrent streams each echoing 64 KiB; peak RSS while they run."""
+        count = self.args.many_streams
+        self.sampler.reset()
+        cmd = ["manyecho", "--port", str(port), "--streams", str(count), "--size", "65536"]
+        out = run_worker(cmd, 180)
+        if out["ok"] != count:
+            raise PhaseError(f"{count - out['ok']} of {count} echoes failed: {out['failures']}")
+        return {"streams": count, "seconds": out["seconds"], "rss_peak": self.sampler.peaks()}
+
+    def slow_receiver(self, port: int) -> Result:
+        """A sink reading 64 KiB every 20 ms behind the tunnel, fed flat out for a while:
+        the tunnel's memory must stay within its windows (RSS sampled throughout)."""
+        self.service.drain()
+        self.sampler.reset()
+        cmd = ["send", "--port", str(port), "--size", str(1 << 40), "--until-stdin-eof", "--slow"]
+        sender = subprocess.Popen(
+            [sys.executable, NETIO, *cmd, "--timeout", "120"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(self.args.slow_seconds)
+            peaks = self.sampler.peaks()
+        finally:
+            try:
+                sender.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                sender.kill()
+                sender.communicate()
+        sink = self.service.records(1, timeout=120)[0]
+        return {
+            "seconds": self.args.slow_seconds,
+            "sink_mb_s": sink["bytes"] / max(1e-9, sink["t_eof"] - sink["t_first"]) / 1e6,
+            "rss_peak": peaks,
+        }
+
     def memory(self, pair_pids: dict[str, int]) -> Result:
         return {name: memory(pid) for name, pid in pair_pids.items()}
 
@@ -355,6 +403,8 @@ class Bench:
             ("tunnel_newstream_up", lambda: self.newstream(up)),
             ("tunnel_newstream_down", lambda: self.newstream(down)),
             ("tunnel_long_c2s", lambda: self.send_to_sink(up, a.long_mib * MIB, verify=True)),
+            ("tunnel_many_streams", lambda: self.many_streams(down)),
+            ("tunnel_slow_receiver", lambda: self.slow_receiver(down)),
         ]
         for name, step in steps:
             dead = tunnel.dead()
@@ -501,6 +551,18 @@ def table(results: dict[str, Result], args: argparse.Namespace) -> str:
             _cell(g("tunnel_long_c2s"), _rss, detail=False),
             "",
             "< 100 MB",
+        ),
+        (
+            f"{args.many_streams} concurrent streams x 64 KiB echo",
+            _cell(g("tunnel_many_streams"), _rss),
+            "",
+            "RSS < 150 MB",
+        ),
+        (
+            f"slow receiver ({args.slow_seconds:g} s, 64 KiB / 20 ms)",
+            _cell(g("tunnel_slow_receiver"), _rss),
+            "",
+            "bounded by windows",
         ),
         (
             "peak RSS, whole run (VmHWM)",

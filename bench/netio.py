@@ -15,6 +15,8 @@ are ``time.monotonic()``, which on Linux is one clock for every process on the m
     python bench/netio.py recv --port P --size BYTES [--verify]
     python bench/netio.py pingpong --port P [--count N] [--size B] [--max-seconds S]
     python bench/netio.py newstream --port P [--count N] [--size B]
+    python bench/netio.py manyecho --port P [--streams K] [--size B]
+    python bench/netio.py send ... --slow   (the SINK reads 64 KiB every 20 ms)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ CHUNK = 1 << 20
 HEADER = struct.Struct("!4sQI")  # mode, size (SOURCE only), flags
 SINK, ECHO, SOURCE = b"SINK", b"ECHO", b"SRCE"
 FLAG_VERIFY = 1
+FLAG_SLOW = 2  # SINK: read 64 KiB every 20 ms, a slow receiver
 # Verified data carries (chunk index, offset) every 4 KiB, so a tunnel that drops, repeats or
 # reorders pieces of an otherwise repeating pattern cannot produce the expected SHA-256.
 _STAMP = struct.Struct("!QI")
@@ -128,7 +131,7 @@ def _handle(conn: socket.socket) -> None:
             mode, size, flags = HEADER.unpack_from(head)
             rest = bytes(head[HEADER.size :])
             if mode == SINK:
-                _sink(conn, rest, verify=bool(flags & FLAG_VERIFY))
+                _sink(conn, rest, verify=bool(flags & FLAG_VERIFY), slow=bool(flags & FLAG_SLOW))
             elif mode == ECHO:
                 _echo(conn, rest)
             elif mode == SOURCE:
@@ -139,9 +142,9 @@ def _handle(conn: socket.socket) -> None:
         emit({"mode": "error", "error": repr(exc)})
 
 
-def _sink(conn: socket.socket, rest: bytes, *, verify: bool) -> None:
+def _sink(conn: socket.socket, rest: bytes, *, verify: bool, slow: bool = False) -> None:
     digest = hashlib.sha256() if verify else None
-    buf = bytearray(CHUNK)
+    buf = bytearray(64 * 1024 if slow else CHUNK)
     view = memoryview(buf)
     total = len(rest)
     t_first = time.monotonic() if rest else None
@@ -153,6 +156,8 @@ def _sink(conn: socket.socket, rest: bytes, *, verify: bool) -> None:
         total += n
         if digest is not None:
             digest.update(view[:n])
+        if slow:
+            time.sleep(0.02)
     emit(
         {
             "mode": "sink",
@@ -188,7 +193,14 @@ def _source(conn: socket.socket, size: int, *, verify: bool) -> None:
 
 
 def send(
-    port: int, size: int, *, streams: int, verify: bool, until_stdin_eof: bool, timeout: float
+    port: int,
+    size: int,
+    *,
+    streams: int,
+    verify: bool,
+    until_stdin_eof: bool,
+    timeout: float,
+    slow: bool = False,
 ) -> dict[str, Any]:
     """Send ``size`` bytes on each of ``streams`` connections to a SINK; wait for the peer's EOF.
 
@@ -209,7 +221,8 @@ def send(
         try:
             slot["t0"] = time.monotonic()
             with connect(port, timeout) as sock:
-                sock.sendall(HEADER.pack(SINK, size, FLAG_VERIFY if verify else 0))
+                flags = (FLAG_VERIFY if verify else 0) | (FLAG_SLOW if slow else 0)
+                sock.sendall(HEADER.pack(SINK, size, flags))
                 sent = 0
                 for chunk in pattern_chunks(size, stamped=verify):
                     if stop.is_set():
@@ -298,11 +311,43 @@ def newstream(port: int, *, count: int, size: int, timeout: float) -> dict[str, 
     return {"times": times}
 
 
+def manyecho(port: int, *, streams: int, size: int, timeout: float) -> dict[str, Any]:
+    """``streams`` connections open at once, each echoing ``size`` bytes; all must match."""
+    payload = os.urandom(size)
+    opened = threading.Barrier(streams, timeout=timeout)
+    results: list[str | None] = [None] * streams
+
+    def one(index: int) -> None:
+        try:
+            with connect(port, timeout) as sock:
+                sock.sendall(HEADER.pack(ECHO, 0, 0))
+                opened.wait()  # every stream is open before any data moves
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                got = recv_exactly(sock, size)
+                results[index] = "ok" if got == payload else "echo returned different bytes"
+        except (OSError, threading.BrokenBarrierError) as exc:
+            results[index] = repr(exc)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failures = [r for r in results if r != "ok"]
+    return {
+        "ok": len(results) - len(failures),
+        "failures": failures[:5],
+        "seconds": time.monotonic() - start,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve")
-    for name in ("send", "recv", "pingpong", "newstream"):
+    for name in ("send", "recv", "pingpong", "newstream", "manyecho"):
         worker = sub.add_parser(name)
         worker.add_argument("--port", type=int, required=True)
         worker.add_argument("--size", type=int, default=500)
@@ -310,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.add_argument("--streams", type=int, default=1)
         worker.add_argument("--verify", action="store_true")
         worker.add_argument("--until-stdin-eof", action="store_true")
+        worker.add_argument("--slow", action="store_true", help="send: the SINK reads slowly")
         worker.add_argument("--max-seconds", type=float, default=60.0)
         worker.add_argument("--timeout", type=float, default=60.0, help="socket timeout")
     args = parser.parse_args(argv)
@@ -324,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verify=args.verify,
                 until_stdin_eof=args.until_stdin_eof,
                 timeout=args.timeout,
+                slow=args.slow,
             )
         elif args.command == "recv":
             result = recv(args.port, args.size, verify=args.verify, timeout=args.timeout)
@@ -335,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_seconds=args.max_seconds,
                 timeout=args.timeout,
             )
+        elif args.command == "manyecho":
+            result = manyecho(args.port, streams=args.streams, size=args.size, timeout=args.timeout)
         else:
             result = newstream(args.port, count=args.count, size=args.size, timeout=args.timeout)
     except OSError as exc:
