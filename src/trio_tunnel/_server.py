@@ -222,9 +222,9 @@ class Server:
         now = trio.current_time()
         if now < client.demoted_until:
             log.info(
-                "client %d: activation refused: demoted %.1fs ago, close period not over",
+                "client %d: activation refused: its close period after demotion has %.1fs left",
                 client.client_id,
-                now - (client.demoted_until - self.config.failover.standby_socket_close_secs),
+                client.demoted_until - now,
             )
             return
         self._switch(client.client_id, f"data arrived at client {client.client_id}'s listener")
