@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio_websocket
 
@@ -229,3 +230,31 @@ async def test_silent_peer_is_dropped_after_handshake_timeout() -> None:
             except trio_websocket.ConnectionClosed as exc:
                 assert exc.reason is not None
                 assert exc.reason.code == 1008
+
+
+async def test_half_open_flood_is_shed_past_the_upgrade_limit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trio_tunnel import _ws
+
+    monkeypatch.setattr(_ws, "MAX_PENDING_UPGRADES", 5)
+    config = server_config()
+    config = config.__class__(
+        role="server",
+        websocket=config.websocket.__class__(url="ws://127.0.0.1:0/", handshake_timeout_secs=1),
+    )
+    with trio.fail_after(20):
+        async with open_rig(config) as rig:
+            port = rig.server.websocket_port
+            silent = [await trio.open_tcp_stream(LOCALHOST, port) for _ in range(5)]
+            await trio.sleep(0.2)  # all five are now waiting in their upgrade
+            extra = await trio.open_tcp_stream(LOCALHOST, port)
+            with trio.fail_after(0.8):  # shed at once, well before the handshake timeout
+                assert await read_to_end(extra) == (b"", "eof")
+            await extra.aclose()
+            for tcp in silent:  # the pending ones end at the handshake timeout
+                assert (await read_to_end(tcp))[0] == b""
+                await tcp.aclose()
+            async with raw_client(port, client_id=1):
+                assert rig.server.state.connected == (1,)
+    assert "shedding new ones" in caplog.text

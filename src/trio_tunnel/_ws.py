@@ -31,6 +31,7 @@ from ._tls import TlsListener
 RECEIVE_BUFFER_SIZE = 256 * 1024
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
+MAX_PENDING_UPGRADES = 512
 
 ConnectionClosed = trio_websocket.ConnectionClosed
 FAST_MASKING = _mask.FAST_MASKING
@@ -219,10 +220,12 @@ async def serve(
     complete within ``handshake_timeout``, or the connection is closed.
     """
 
+    upgrades = _UpgradeLimit(MAX_PENDING_UPGRADES)
+
     async def on_connection(stream: trio.abc.Stream) -> None:
         # Each connection's failure stays with it: logged here, never raised to the server.
         try:
-            await _serve_connection(stream, handler, handshake_timeout, close_timeout)
+            await _serve_connection(stream, handler, handshake_timeout, close_timeout, upgrades)
         except Exception as exc:
             log.warning("WebSocket connection from %r failed: %s", stream, _short(exc))
 
@@ -242,21 +245,56 @@ async def serve(
     raise AssertionError("unreachable")
 
 
+class _UpgradeLimit:
+    """Counts connections still in their TLS/HTTP upgrade; past the limit new ones are shed
+    at once (each pending one also ends at the handshake timeout), so a flood of half-open
+    connections cannot exhaust descriptors or memory while the clients keep working."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self.shed = 0
+
+    def try_enter(self) -> bool:
+        if self.pending >= self.limit:
+            self.shed += 1
+            if self.shed == 1 or self.shed % 1000 == 0:
+                log.warning(
+                    "%d connections are in their WebSocket upgrade (the limit): shedding new "
+                    "ones (%d so far)",
+                    self.pending,
+                    self.shed,
+                )
+            return False
+        self.pending += 1
+        return True
+
+    def leave(self) -> None:
+        self.pending -= 1
+
+
 async def _serve_connection(
     stream: trio.abc.Stream,
     handler: Callable[[Request], Awaitable[None]],
     handshake_timeout: float,
     close_timeout: float,
+    upgrades: _UpgradeLimit,
 ) -> None:
+    if not upgrades.try_enter():
+        await trio.aclose_forcefully(stream)
+        return
     async with trio.open_nursery() as nursery:
-        with trio.move_on_after(handshake_timeout) as scope:
-            request = await trio_websocket.wrap_server_stream(
-                nursery,
-                stream,
-                message_queue_size=1,
-                max_message_size=MAX_MESSAGE_SIZE,
-                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-            )
+        try:
+            with trio.move_on_after(handshake_timeout) as scope:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    stream,
+                    message_queue_size=1,
+                    max_message_size=MAX_MESSAGE_SIZE,
+                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                )
+        finally:
+            upgrades.leave()
         if scope.cancelled_caught:
             log.info("closed %r: no WebSocket upgrade within %gs", stream, handshake_timeout)
             nursery.cancel_scope.cancel()
