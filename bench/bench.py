@@ -403,8 +403,9 @@ class Bench:
             ("tunnel_newstream_up", lambda: self.newstream(up)),
             ("tunnel_newstream_down", lambda: self.newstream(down)),
             ("tunnel_long_c2s", lambda: self.send_to_sink(up, a.long_mib * MIB, verify=True)),
-            ("tunnel_many_streams", lambda: self.many_streams(down)),
+            # The slow receiver first: RSS does not shrink after the 1,000 streams.
             ("tunnel_slow_receiver", lambda: self.slow_receiver(down)),
+            ("tunnel_many_streams", lambda: self.many_streams(down)),
         ]
         for name, step in steps:
             dead = tunnel.dead()

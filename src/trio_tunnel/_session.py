@@ -79,6 +79,7 @@ class Session:
         self.closing_reason: str | None = None
         self._close_code = 1000
         self._ignored_frames = 0
+        self._copy_below = 0
         self.streams_total = 0
         self.bytes_out = 0
         self.bytes_in = 0
@@ -228,6 +229,9 @@ class Session:
                 self._protocol_failure(exc)
                 return
             self._last_rx = trio.current_time()
+            # A payload kept as a view pins its whole message: copy the small ones out of a
+            # batch, so a slow stream never holds other streams' data (at most 2x its window).
+            self._copy_below = len(message) // 2
             try:
                 for frame in decode_frames(message):
                     self._dispatch(frame)
@@ -273,7 +277,10 @@ class Session:
             except SequenceError as exc:
                 fail(self, stream, str(exc))
                 return
-            stream.inbound_send.send_nowait(frame.payload)
+            payload = frame.payload
+            if len(payload) < self._copy_below:
+                payload = bytes(payload)
+            stream.inbound_send.send_nowait(payload)
         elif kind is FrameType.WINDOW:
             stream = self._streams.get(frame.stream_id)
             if stream is not None:

@@ -177,19 +177,22 @@ async def _pump_tcp_to_tunnel(
         while True:
             while (sendable := flow.sendable()) <= 0:
                 await stream.credit.park()
-            data = await tcp.receive_some(min(sendable, CHUNK_BYTES))
+            await writer.reserve(stream.slot)
+            try:
+                data = await tcp.receive_some(min(sendable, CHUNK_BYTES))
+            except BaseException:
+                writer.unreserve(stream.slot)
+                raise
             if not data:
                 seq = flow.on_send_eof()
-                await writer.send_stream_frame(
-                    stream.slot, encode_header(FrameType.EOF, stream.id, seq, 0)
-                )
+                writer.submit(stream.slot, encode_header(FrameType.EOF, stream.id, seq, 0))
                 return
             if stream.on_first_data is not None:
                 hook, stream.on_first_data = stream.on_first_data, None
                 hook(stream)
             seq = flow.on_send_data(len(data))
             stream.bytes_out += len(data)
-            await writer.send_stream_frame(
+            writer.submit(
                 stream.slot, encode_header(FrameType.DATA, stream.id, seq, len(data)), data
             )
     except (trio.BrokenResourceError, OSError) as exc:

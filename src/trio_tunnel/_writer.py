@@ -55,11 +55,20 @@ class Writer:
         self._control.append(frame)
         self._wakeup.set()
 
-    async def send_stream_frame(
-        self, slot: StreamSlot, header: bytes, payload: bytes | memoryview = b""
-    ) -> None:
-        """Queue one frame of a stream, waiting while its previous frame is still queued."""
+    async def reserve(self, slot: StreamSlot) -> None:
+        """Wait until the stream's previous frame has left the queue.
+
+        A pump reserves before it reads from TCP, so each stream holds at most one chunk of
+        data in memory on its way out, however slow the WebSocket.
+        """
         await slot._free.acquire()
+
+    def unreserve(self, slot: StreamSlot) -> None:
+        """Give back a reservation that will not be used."""
+        slot._free.release()
+
+    def submit(self, slot: StreamSlot, header: bytes, payload: bytes | memoryview = b"") -> None:
+        """Queue one frame of a stream, under the reservation taken with :meth:`reserve`."""
         self._ready.append((slot, header, payload))
         self._wakeup.set()
 
