@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +29,13 @@ log = logging.getLogger("trio_tunnel.stream")
 
 CHUNK_BYTES = 128 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
+
+
+def _arm_reset(tcp: trio.SocketStream) -> None:
+    """Should this process die, the kernel resets ``tcp`` instead of closing it cleanly."""
+    with contextlib.suppress(OSError):
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
 
 
 class _EndOfStream:
@@ -100,16 +107,24 @@ async def run_stream(
                 tcp = await _connect(session, stream, target, connect_timeout)
                 if tcp is None:
                     return
+            _arm_reset(tcp)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_pump_tcp_to_tunnel, session, stream, tcp)
                 nursery.start_soon(_pump_tunnel_to_tcp, session, stream, tcp)
             clean = stream.reset_reason is None
+    except Exception as exc:
+        # A bug in one stream must not end the session carrying the others: log it and
+        # reset this stream only.
+        log.exception("stream %d tunnel %s: internal error", stream.id, stream.tunnel)
+        fail(session, stream, f"internal error: {type(exc).__name__}")
     finally:
         if stream.reset_reason is None and not clean:
             stream.reset_reason = session.closing_reason or "cancelled"
         session.forget_stream(stream)
         if tcp is not None:
             if clean:
+                with contextlib.suppress(OSError):
+                    tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
                 with trio.move_on_after(1) as scope:
                     scope.shield = True
                     await tcp.aclose()
@@ -135,15 +150,45 @@ async def _connect(
 
 
 async def open_tcp(host: str, port: int) -> trio.SocketStream:
-    """``trio.open_tcp_stream``, minus name resolution and happy eyeballs for an IP literal
-    (a quarter of a new stream's time on loopback)."""
+    """Connect to ``host:port`` with the socket armed to reset (SO_LINGER 0) from the start.
+
+    Armed before ``connect``, a connection cancelled (or a process killed) right after the
+    handshake reaches the far service as a reset, never as a clean empty stream. An IP literal
+    skips name resolution (a quarter of a new stream's time on loopback); a host name's
+    addresses are tried in turn, each with an equal share of the time left.
+    """
+    infos: list[tuple[Any, Any, int, str, Any]]
     try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        ipaddress.ip_address(host)
     except ValueError:
-        return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        infos = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
+    errors: list[str] = []
+    for index, (family, type_, proto, _name, address) in enumerate(infos):
+        left = max(0.0, trio.current_effective_deadline() - trio.current_time())
+        with trio.move_on_after(left / (len(infos) - index)) as attempt:
+            try:
+                return await _connect_one(family, type_, proto, address)
+            except OSError as exc:
+                errors.append(f"{address[0]}: {exc.strerror or exc}")
+        if attempt.cancelled_caught:
+            errors.append(f"{address[0]}: timed out")
+    if not errors:
+        raise OSError(f"{host} has no address")
+    if len(errors) == 1:
+        raise OSError(errors[0].split(": ", 1)[1])
+    raise OSError("; ".join(errors))
+
+
+async def _connect_one(
+    family: int, type_: int, proto: int, address: tuple[Any, ...]
+) -> trio.SocketStream:
+    sock = trio.socket.socket(family, type_, proto)
     try:
-        await sock.connect((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        await sock.connect(address)
     except BaseException:
         sock.close()
         raise

@@ -19,6 +19,8 @@ from collections.abc import Callable, Collection
 
 import trio
 
+from ._peer import PeerStream, peer_address
+
 log = logging.getLogger("trio_tunnel.tls")
 
 _PEM_CERT = "-----BEGIN CERTIFICATE-----"
@@ -106,7 +108,7 @@ def describe_tls_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class TlsServerStream(trio.abc.Stream):
+class TlsServerStream(PeerStream):
     """A server-side TLS stream that handshakes on first use and logs a refusal once."""
 
     def __init__(
@@ -115,14 +117,11 @@ class TlsServerStream(trio.abc.Stream):
         remote: str,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(ssl_stream, remote)
         self._ssl = ssl_stream
-        self.remote = remote
         self._on_refused = on_refused
         self.subject = ""
         self._ready = False
-
-    def __repr__(self) -> str:
-        return self.remote
 
     async def _handshake(self) -> None:
         if self._ready:
@@ -130,11 +129,14 @@ class TlsServerStream(trio.abc.Stream):
         try:
             await self._ssl.do_handshake()
         except trio.BrokenResourceError as exc:
-            log.warning(
-                "refused %s: TLS handshake failed: %s", self.remote, describe_tls_failure(exc)
-            )
-            if self._on_refused is not None:
-                self._on_refused("tls")
+            if not self.refused:
+                self.refused = True
+                log.warning(
+                    "refused %s: TLS handshake failed: %s", self.remote, describe_tls_failure(exc)
+                )
+                if self._on_refused is not None:
+                    self._on_refused("tls")
+            self.ended.set()
             raise
         self._ready = True
         cert = self._ssl.getpeercert()
@@ -145,17 +147,11 @@ class TlsServerStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await self._handshake()
-        return await self._ssl.receive_some(max_bytes)
+        return await super().receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._handshake()
-        await self._ssl.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._ssl.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._ssl.aclose()
+        await super().send_all(data)
 
 
 class TlsListener(trio.abc.Listener[TlsServerStream]):
@@ -173,11 +169,7 @@ class TlsListener(trio.abc.Listener[TlsServerStream]):
 
     async def accept(self) -> TlsServerStream:
         tcp = await self.transport_listener.accept()
-        try:
-            host, port, *_ = tcp.socket.getpeername()
-            remote = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        except OSError:
-            remote = "?"
+        remote = peer_address(tcp)
         ssl_stream = trio.SSLStream(tcp, self._context, server_side=True, https_compatible=True)
         return TlsServerStream(ssl_stream, remote, self._on_refused)
 

@@ -26,6 +26,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from . import _mask
 from ._errors import RemoteProtocolError
+from ._peer import PeerListener, PeerStream
 from ._tls import TlsListener
 
 RECEIVE_BUFFER_SIZE = 256 * 1024
@@ -222,17 +223,17 @@ async def serve(
 
     upgrades = _UpgradeLimit(MAX_PENDING_UPGRADES)
 
-    async def on_connection(stream: trio.abc.Stream) -> None:
+    async def on_connection(stream: PeerStream) -> None:
         # Each connection's failure stays with it: logged here, never raised to the server.
         try:
             await _serve_connection(stream, handler, handshake_timeout, close_timeout, upgrades)
         except Exception as exc:
-            log.warning("WebSocket connection from %r failed: %s", stream, _short(exc))
+            log.warning("WebSocket connection from %s failed: %s", stream.remote, _short(exc))
 
     tcp_listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = int(tcp_listeners[0].socket.getsockname()[1])
     listeners: list[Any] = (
-        list(tcp_listeners)
+        [PeerListener(listener) for listener in tcp_listeners]
         if ssl_context is None
         else [TlsListener(listener, ssl_context, on_refused) for listener in tcp_listeners]
     )
@@ -274,7 +275,7 @@ class _UpgradeLimit:
 
 
 async def _serve_connection(
-    stream: trio.abc.Stream,
+    stream: PeerStream,
     handler: Callable[[Request], Awaitable[None]],
     handshake_timeout: float,
     close_timeout: float,
@@ -284,19 +285,41 @@ async def _serve_connection(
         await trio.aclose_forcefully(stream)
         return
     async with trio.open_nursery() as nursery:
+        request: trio_websocket.WebSocketRequest | None = None
         try:
-            with trio.move_on_after(handshake_timeout) as scope:
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    stream,
-                    message_queue_size=1,
-                    max_message_size=MAX_MESSAGE_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                )
+            with trio.move_on_after(handshake_timeout):
+                async with trio.open_nursery() as race:
+
+                    async def upgrade() -> None:
+                        nonlocal request
+                        request = await trio_websocket.wrap_server_stream(
+                            nursery,
+                            stream,
+                            message_queue_size=1,
+                            max_message_size=MAX_MESSAGE_SIZE,
+                            receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                        )
+                        race.cancel_scope.cancel()
+
+                    async def ended() -> None:
+                        # The library answered a bad request (400) and closed, or TLS failed.
+                        await stream.ended.wait()
+                        race.cancel_scope.cancel()
+
+                    race.start_soon(upgrade)
+                    race.start_soon(ended)
         finally:
             upgrades.leave()
-        if scope.cancelled_caught:
-            log.info("closed %r: no WebSocket upgrade within %gs", stream, handshake_timeout)
+        if request is None:
+            if not stream.refused:
+                if stream.ended.is_set():
+                    log.warning("refused %s: not a valid WebSocket upgrade request", stream.remote)
+                else:
+                    log.warning(
+                        "refused %s: no WebSocket upgrade within %gs",
+                        stream.remote,
+                        handshake_timeout,
+                    )
             nursery.cancel_scope.cancel()
             await trio.aclose_forcefully(stream)
             return
