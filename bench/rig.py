@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -110,9 +111,17 @@ class RssSampler:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((netio.LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """A port for a listener configured later, below Linux's ephemeral range (32768-60999),
+    where the kernel could meanwhile hand it to an outgoing connection."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((netio.LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

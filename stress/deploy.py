@@ -6,6 +6,7 @@ process is ready and which client is active, and reads ``/proc`` for memory figu
 
 from __future__ import annotations
 
+import random
 import re
 import signal
 import socket
@@ -20,9 +21,17 @@ MiB = 1024 * 1024
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """A port for a listener configured later, below Linux's ephemeral range (32768-60999),
+    where the kernel could meanwhile hand it to an outgoing connection."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def proc_status(pid: int, field: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,9 +44,18 @@ async def start_service(
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """A port to configure a listener on later, chosen below Linux's ephemeral range
+    (32768-60999): a kernel-assigned port there could be handed to an outgoing connection
+    in the meantime, and the later bind would fail."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def closed_port() -> int:

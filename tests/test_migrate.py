@@ -216,6 +216,8 @@ async def test_converted_server_and_client_carry_traffic(tmp_path: Path) -> None
             configs = []
             for name, data in (("server", server_json), ("client", client_json)):
                 conversion = convert(data, home=str(tmp_path / name), source=name)
+                if name == "server":  # tests bind 127.0.0.1 only (the old server bound all)
+                    conversion.data["websocket"]["url"] = f"ws://127.0.0.1:{ws_port}/"
                 (tmp_path / name).mkdir()
                 path = tmp_path / name / "config.toml"
                 path.write_text(to_toml(conversion.data), encoding="utf-8")

@@ -255,23 +255,32 @@ class Client:
         return self.connected and trio.current_time() >= self._closed_until
 
     async def _manage_listeners(self) -> NoReturn:
+        bind_failures: dict[str, str] = {}
         async with trio.open_nursery() as nursery:
             while True:
                 failures: list[tuple[Listen, OSError]] = []
                 if self._want_listeners():
                     failures = await self._listeners.apply(nursery, self.config.listen)
-                    for entry, exc in failures:
-                        log.warning(
-                            "client %d: cannot listen for tunnel %s on %s:%d: %s (retrying in %gs)",
-                            self.client_id,
-                            entry.tunnel,
-                            entry.bind,
-                            entry.port,
-                            exc.strerror or exc,
-                            _BIND_RETRY_SECS,
-                        )
+                    now_failing = {
+                        entry.tunnel: f"{entry.bind}:{entry.port}: {exc.strerror or exc}"
+                        for entry, exc in failures
+                    }
+                    for tunnel, why in now_failing.items():
+                        if bind_failures.get(tunnel) != why:  # once per state change
+                            log.warning(
+                                "client %d: cannot listen for tunnel %s on %s (retrying every "
+                                "%gs; logged again only if the error changes)",
+                                self.client_id,
+                                tunnel,
+                                why,
+                                _BIND_RETRY_SECS,
+                            )
+                    for tunnel in set(bind_failures) - set(now_failing):
+                        log.info("client %d: listening for tunnel %s again", self.client_id, tunnel)
+                    bind_failures = now_failing
                 else:
                     self._listeners.close_all()
+                    bind_failures = {}
                 self._set_listening(
                     bool(self._listeners.open_tunnels)
                     or (self._want_listeners() and not self.config.listen)
