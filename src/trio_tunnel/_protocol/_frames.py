@@ -43,6 +43,7 @@ class FrameType(enum.IntEnum):
     RESET = 20  # arg = reset code, payload = reason (UTF-8)
 
 
+_TYPES = {member.value: member for member in FrameType}  # faster than FrameType(n) per frame
 _SESSION_TYPES = frozenset(
     {FrameType.HELLO, FrameType.WELCOME, FrameType.CONTROL, FrameType.PING, FrameType.PONG}
 )
@@ -95,10 +96,9 @@ def decode_frames(message: bytes | bytearray | memoryview) -> list[Frame]:
             raise RemoteProtocolError(f"truncated frame header at byte {offset}")
         raw_type, stream_id, arg, length = _HEADER.unpack_from(view, offset)
         offset += HEADER_SIZE
-        try:
-            type_ = FrameType(raw_type)
-        except ValueError:
-            raise RemoteProtocolError(f"unknown frame type {raw_type}") from None
+        type_ = _TYPES.get(raw_type)
+        if type_ is None:
+            raise RemoteProtocolError(f"unknown frame type {raw_type}")
         if length > end - offset:
             raise RemoteProtocolError(
                 f"{type_.name} frame declares {length} payload bytes, {end - offset} present"
