@@ -101,7 +101,6 @@ class Server:
         )
         self._listeners = ListenerSet(self._on_tcp)
         self.listen_ports = self._listeners.ports
-        self.switches = 0
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
             "connected_clients": len(self._clients),
@@ -267,7 +266,6 @@ class Server:
         self._active = new_active
         self._since = now
         self._reason = reason
-        self.switches += 1
         self.metrics.switched(reason)
         if new_active is not None:
             self._clients[new_active].session.send_control(

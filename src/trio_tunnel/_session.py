@@ -81,8 +81,6 @@ class Session:
         self._ignored_frames = 0
         self._copy_below = 0
         self.streams_total = 0
-        self.bytes_out = 0
-        self.bytes_in = 0
 
     # -- life cycle ----------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> str:
@@ -155,23 +153,20 @@ class Session:
             return None
         stream_id = self._next_id
         self._next_id += 2
-        stream = self._new_stream(stream_id, tunnel, peer, opened_locally=True)
+        stream = self._new_stream(stream_id, tunnel, peer)
         stream.on_first_data = on_first_data
         self.send_control_frame(encode_frame(FrameType.OPEN, stream_id, epoch, tunnel))
         log.info("stream %d tunnel %s from %s opened via %s", stream_id, tunnel, peer, self.name)
         self._nursery.start_soon(run_stream, self, stream, tcp, None, self.settings.connect_timeout)
         return stream
 
-    def _new_stream(
-        self, stream_id: int, tunnel: str, peer: str, *, opened_locally: bool
-    ) -> TunnelStream:
+    def _new_stream(self, stream_id: int, tunnel: str, peer: str) -> TunnelStream:
         stream = TunnelStream(
             stream_id,
             tunnel,
             window=self.settings.window,
             peer_window=self.settings.peer_window,
             peer=peer,
-            opened_locally=opened_locally,
         )
         self._streams[stream_id] = stream
         self.streams_total += 1
@@ -183,8 +178,6 @@ class Session:
             self.metrics.stream_closed(
                 stream.tunnel, stream.bytes_out, stream.bytes_in, stream.reset_reason
             )
-        self.bytes_out += stream.bytes_out
-        self.bytes_in += stream.bytes_in
 
     async def reset_all_streams(self, reason: str, timeout: float = 5.0) -> int:
         """Reset every stream of this session and wait (bounded) until all have closed."""
@@ -340,9 +333,7 @@ class Session:
             self._refuse(stream_id, tunnel, target)
             return
         assert self._nursery is not None
-        stream = self._new_stream(
-            stream_id, tunnel, f"{target[0]}:{target[1]}", opened_locally=False
-        )
+        stream = self._new_stream(stream_id, tunnel, f"{target[0]}:{target[1]}")
         log.info(
             "stream %d tunnel %s opened by %s: connecting to %s:%d",
             stream_id,

@@ -56,13 +56,11 @@ class TunnelStream:
         window: int,
         peer_window: int,
         peer: str,
-        opened_locally: bool,
         on_first_data: Callable[[TunnelStream], None] | None = None,
     ) -> None:
         self.id = stream_id
         self.tunnel = tunnel
         self.peer = peer
-        self.opened_locally = opened_locally
         self.flow = StreamFlow(window=window, peer_window=peer_window)
         # At most window // FRAME_COST DATA frames fit in the window, plus the EOF marker.
         self.inbound_send, self.inbound_receive = trio.open_memory_channel[
@@ -74,7 +72,6 @@ class TunnelStream:
         self.done = trio.Event()
         self.on_first_data = on_first_data
         self.reset_reason: str | None = None
-        self.reset_by_peer = False
         self.bytes_out = 0  # TCP -> tunnel
         self.bytes_in = 0  # tunnel -> TCP
         self.opened_at = trio.current_time()
@@ -209,7 +206,6 @@ def peer_reset(stream: TunnelStream, reason: str) -> None:
     if stream.reset_reason is not None:
         return
     stream.reset_reason = f"reset by peer: {reason}"
-    stream.reset_by_peer = True
     stream.cancel_scope.cancel()
 
 

@@ -37,8 +37,6 @@ class Writer:
         self._control_limit = control_limit
         self._ready: deque[tuple[StreamSlot, bytes, bytes | memoryview]] = deque()
         self._wakeup = trio.Event()
-        self.bytes_sent = 0
-        self.messages_sent = 0
 
     def send_control(self, frame: bytes) -> None:
         """Queue a control frame (never blocks).
@@ -96,5 +94,3 @@ class Writer:
                 slot._free.release()
             message = parts[0] if len(parts) == 1 else b"".join(parts)
             await self._ws.send(bytes(message))
-            self.bytes_sent += size
-            self.messages_sent += 1
