@@ -70,10 +70,12 @@ def check_buffering(rig: Rig, client: tt.Client) -> int:
     for session in sessions:
         assert session is not None
         for stream in list(session._streams.values()):
-            buffered = stream.flow.recv_buffered
-            assert 0 <= buffered <= stream.flow.window, (stream, buffered)
+            flow = stream.flow
+            assert flow is not None
+            buffered = flow.recv_buffered
+            assert 0 <= buffered <= flow.window, (stream, buffered)
             queued = stream.inbound_receive.statistics().current_buffer_used
-            assert queued <= stream.flow.window // FRAME_COST + 1
+            assert queued <= flow.window // FRAME_COST + 1
             largest = max(largest, buffered)
         assert len(session.writer._ready) <= max(1, session.streams_total)
         assert len(session.writer._control) <= session.writer._control_limit

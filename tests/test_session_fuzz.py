@@ -55,8 +55,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from trio_tunnel import _ws
 from trio_tunnel._errors import RemoteProtocolError
-from trio_tunnel._protocol import FRAME_COST, decode_frames
-from trio_tunnel._session import Session, SessionSettings
+from trio_tunnel._protocol import FRAME_COST, ResetCode, decode_frames
+from trio_tunnel._session import Refusal, Session, SessionSettings
 from trio_tunnel._stream import TunnelStream
 
 from .helpers import LOCALHOST
@@ -330,9 +330,11 @@ class Owner:
         self.targets = targets
         self.controls: list[dict[str, Any]] = []
 
-    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
         port = self.targets.get(tunnel)
-        return (LOCALHOST, port) if port is not None else f"unknown tunnel {tunnel!r}"
+        if port is None:
+            return ResetCode.UNKNOWN_TUNNEL, f"unknown tunnel {tunnel!r}"
+        return LOCALHOST, port
 
     def on_control(self, session: Session, message: dict[str, Any]) -> None:
         self.controls.append(message)
@@ -622,9 +624,11 @@ class SessionPair(RuleBasedStateMachine):
     async def _check_memory(self) -> None:
         for session in self.sessions.values():
             for stream in list(session._streams.values()):
-                assert 0 <= stream.flow.recv_buffered <= stream.flow.window, stream
+                flow = stream.flow
+                assert flow is not None
+                assert 0 <= flow.recv_buffered <= flow.window, stream
                 queued = stream.inbound_receive.statistics().current_buffer_used
-                assert queued <= stream.flow.window // FRAME_COST + 1, stream
+                assert queued <= flow.window // FRAME_COST + 1, stream
             assert len(session.writer._ready) <= max(1, session.streams_total)
             assert len(session.writer._control) <= session.writer._control_limit
 

@@ -21,8 +21,9 @@ from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import client_handshake
 from ._listen import ListenerSet
 from ._metrics import Metrics
+from ._protocol import ResetCode
 from ._reload import reload_tunnels as _reload_tunnels
-from ._session import Session, SessionSettings
+from ._session import Refusal, Session, SessionSettings
 from ._stream import TunnelStream, reset_tcp
 from ._tls import client_context, describe_tls_failure
 
@@ -196,10 +197,13 @@ class Client:
             return session.closing_reason or "closed"
 
     # -- SessionOwner --------------------------------------------------------------------
-    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
         target = self._connects.get(tunnel)
         if target is None:
-            return f"unknown tunnel {tunnel!r}: no connect entry on client {self.client_id}"
+            return (
+                ResetCode.UNKNOWN_TUNNEL,
+                f"unknown tunnel {tunnel!r}: no connect entry on client {self.client_id}",
+            )
         return target
 
     def session_ended(self, session: Session) -> None:

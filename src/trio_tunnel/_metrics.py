@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import attrs
 
+from ._protocol import ResetCode
+
 
 @attrs.define
 class TunnelCounters:
@@ -46,14 +48,14 @@ class Metrics:
         counters.streams_total += 1
 
     def stream_closed(
-        self, tunnel: str, bytes_out: int, bytes_in: int, reset_reason: str | None
+        self, tunnel: str, bytes_out: int, bytes_in: int, reset: ResetCode | None
     ) -> None:
         counters = self.tunnel(tunnel)
         counters.streams_open -= 1
         counters.bytes_out += bytes_out
         counters.bytes_in += bytes_in
-        if reset_reason is not None:
-            self.stream_resets[reset_kind(reset_reason)] += 1
+        if reset is not None:
+            self.stream_resets[reset.label] += 1
 
     def switched(self, reason: str) -> None:
         self.switches[switch_kind(reason)] += 1
@@ -65,35 +67,11 @@ class Metrics:
         self.reconnects += 1
 
 
-_RESET_NEEDLES = (
-    ("failover", "failover"),
-    ("demoted", "failover"),
-    ("reset by peer", "peer"),
-    ("connect to", "connect_failed"),
-    ("unknown tunnel", "unknown_tunnel"),
-    ("sequence", "sequence"),
-    ("tcp receive", "tcp_error"),
-    ("tcp send", "tcp_error"),
-    ("websocket", "session_lost"),
-    ("ping timeout", "session_lost"),
-    ("protocol error", "protocol_error"),
-    ("cancelled", "shutdown"),
-)
-
 # Every label value each counter can have, so an exporter can show zeros before the first event
 # (a Prometheus rate() over a series that appears mid-way misses its first increment).
-RESET_KINDS = (*dict.fromkeys(kind for _, kind in _RESET_NEEDLES), "other")
+RESET_KINDS = tuple(code.label for code in ResetCode)
 SWITCH_REASONS = ("first_client", "data", "client_lost", "other")
 REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
-
-
-def reset_kind(reason: str) -> str:
-    """A short label for a reset reason, so label values stay few."""
-    text = reason.lower()
-    for needle, kind in _RESET_NEEDLES:
-        if needle in text:
-            return kind
-    return "other"
 
 
 def switch_kind(reason: str) -> str:

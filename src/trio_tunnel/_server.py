@@ -25,8 +25,9 @@ from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import ListenerSet
 from ._metrics import Metrics
+from ._protocol import ResetCode
 from ._reload import reload_tunnels
-from ._session import Session, SessionSettings
+from ._session import Refusal, Session, SessionSettings
 from ._stream import reset_tcp
 from ._tls import server_context
 
@@ -187,17 +188,21 @@ class Server:
         client.session.open_stream(tunnel, tcp, epoch=self._epoch)
 
     # -- SessionOwner --------------------------------------------------------------------
-    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
         client = self._client_of(session)
         if client is None:
-            return "client no longer registered"
+            return ResetCode.REFUSED, "client no longer registered"
         if client.demoted_epoch is not None and epoch < client.demoted_epoch:
             return (
-                f"opened at epoch {epoch}, before this client's demotion at {client.demoted_epoch}"
+                ResetCode.REFUSED,
+                f"opened at epoch {epoch}, before this client's demotion at {client.demoted_epoch}",
             )
         target = self._connects.get(tunnel)
         if target is None:
-            return f"unknown tunnel {tunnel!r}: no connect entry on the server"
+            return (
+                ResetCode.UNKNOWN_TUNNEL,
+                f"unknown tunnel {tunnel!r}: no connect entry on the server",
+            )
         return target
 
     def on_control(self, session: Session, message: dict[str, Any]) -> None:

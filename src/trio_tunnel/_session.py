@@ -1,12 +1,14 @@
-"""One WebSocket session: the reader, the writer, keepalive, and the nursery of its streams.
+"""One WebSocket session: the I/O shell around the pure :class:`~._protocol.Connection`.
 
-The session nursery owns every stream task of this WebSocket; when the session ends (the
-WebSocket closes, the peer breaks the protocol or goes silent past the ping timeout, or the
-owner closes it) the nursery is cancelled and every stream's TCP connection is reset.
+The reader feeds each message to the core and acts on the events it returns; the writer is
+the one task that sends; keepalive pings and declares a silent peer dead. The session nursery
+owns every stream task of this WebSocket; when the session ends (the WebSocket closes, the
+peer breaks the protocol or goes silent past the ping timeout, or the owner closes it) the
+nursery is cancelled and every stream's TCP connection is reset. No protocol rule lives here.
 
 The reader never blocks on a stream: DATA goes into the stream's bounded channel with
-``send_nowait``, which cannot overflow while the peer respects its credit window (a peer that
-does not is a protocol error, and the session ends).
+``send_nowait``, which cannot overflow while the peer respects its credit window (the core
+refuses a peer that does not, and the session ends).
 """
 
 from __future__ import annotations
@@ -18,14 +20,30 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._errors import RemoteProtocolError, SequenceError
+from ._errors import RemoteProtocolError
 from ._metrics import Metrics
-from ._protocol import Frame, FrameType, decode_frames, decode_json, encode_frame, encode_json
-from ._stream import END_OF_STREAM, TunnelStream, fail, peer_reset, reset_tcp, run_stream
+from ._protocol import (
+    CloseCode,
+    Connection,
+    ControlReceived,
+    CreditGranted,
+    DataReceived,
+    EndReceived,
+    FrameIgnored,
+    PingReceived,
+    PongReceived,
+    ResetCode,
+    StreamOpened,
+    StreamRefused,
+    StreamWasReset,
+)
+from ._stream import END_OF_STREAM, TunnelStream, reset_tcp, run_stream
 from ._writer import Writer
 from ._ws import ConnectionClosed, WebSocket
 
 log = logging.getLogger("trio_tunnel.session")
+
+Refusal = tuple[ResetCode, str]
 
 
 @attrs.frozen
@@ -41,8 +59,8 @@ class SessionSettings:
 class SessionOwner(Protocol):
     """What a session asks of the server or client that owns it."""
 
-    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | str:
-        """Where to connect for a stream the peer opened, or the reason to refuse it."""
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
+        """Where to connect for a stream the peer opened, or the code and reason to refuse."""
 
     def on_control(self, session: Session, message: dict[str, Any]) -> None:
         """A CONTROL message from the peer (failover state and requests)."""
@@ -67,10 +85,12 @@ class Session:
         self.name = name
         self.settings = settings
         self._owner = owner
-        self._is_server = is_server
-        # Server-opened streams have even ids, client-opened odd ids; ids never repeat.
-        self._next_id = 2 if is_server else 1
-        self._last_peer_id = 0
+        self.conn = Connection(
+            is_server=is_server,
+            window=settings.window,
+            peer_window=settings.peer_window,
+            max_streams=settings.max_streams,
+        )
         self._streams: dict[int, TunnelStream] = {}
         self.metrics = metrics if metrics is not None else Metrics()
         self.writer = Writer(ws, control_limit=4 * settings.max_streams + 1024)
@@ -78,8 +98,6 @@ class Session:
         self._last_rx = trio.current_time()
         self.closing_reason: str | None = None
         self._close_code = 1000
-        self._ignored_frames = 0
-        self._copy_below = 0
         self.streams_total = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -137,62 +155,74 @@ class Session:
         the connection is reset and ``None`` returned.
         """
         peer = _peer_name(tcp)
-        if self._nursery is None or self.closed:
-            log.warning("%s: tunnel %s from %s refused: session closed", self.name, tunnel, peer)
-            reset_tcp(tcp)
-            return None
-        if len(self._streams) >= self.settings.max_streams:
-            log.warning(
-                "%s: tunnel %s from %s refused: %d streams open (max_streams_per_session)",
-                self.name,
-                tunnel,
-                peer,
-                len(self._streams),
+        opened = (
+            None if self._nursery is None or self.closed else self.conn.open_stream(tunnel, epoch)
+        )
+        if opened is None:
+            why = (
+                "session closed"
+                if self._nursery is None or self.closed
+                else f"{self.conn.stream_count} streams open (max_streams_per_session)"
             )
+            log.warning("%s: tunnel %s from %s refused: %s", self.name, tunnel, peer, why)
             reset_tcp(tcp)
             return None
-        stream_id = self._next_id
-        self._next_id += 2
+        stream_id, frame = opened
         stream = self._new_stream(stream_id, tunnel, peer)
         stream.on_first_data = on_first_data
-        self.send_control_frame(encode_frame(FrameType.OPEN, stream_id, epoch, tunnel))
+        self.send_control_frame(frame)
         log.info("stream %d tunnel %s from %s opened via %s", stream_id, tunnel, peer, self.name)
+        assert self._nursery is not None
         self._nursery.start_soon(run_stream, self, stream, tcp, None, self.settings.connect_timeout)
         return stream
 
     def _new_stream(self, stream_id: int, tunnel: str, peer: str) -> TunnelStream:
-        stream = TunnelStream(
-            stream_id,
-            tunnel,
-            window=self.settings.window,
-            peer_window=self.settings.peer_window,
-            peer=peer,
-        )
+        stream = TunnelStream(stream_id, tunnel, window=self.settings.window, peer=peer)
+        stream.flow = self.conn.flow_of(stream_id)
         self._streams[stream_id] = stream
         self.streams_total += 1
         self.metrics.stream_opened(tunnel)
         return stream
 
     def forget_stream(self, stream: TunnelStream) -> None:
-        if self._streams.pop(stream.id, None) is not None:
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+            # A stream that ended cleanly on this side may still be open in the core (the
+            # peer's EOF never came because the task was cancelled): end it there too.
+            if stream.reset_code is not None:
+                frame = self.conn.reset_stream(
+                    stream.id, stream.reset_code, stream.reset_reason or ""
+                )
+                if frame is not None and not self.closed:
+                    self.send_control_frame(frame)
             self.metrics.stream_closed(
-                stream.tunnel, stream.bytes_out, stream.bytes_in, stream.reset_reason
+                stream.tunnel, stream.bytes_out, stream.bytes_in, stream.reset_code
             )
 
-    async def reset_all_streams(self, reason: str, timeout: float = 5.0) -> int:
+    def reset_stream(self, stream: TunnelStream, code: ResetCode, reason: str) -> None:
+        """Reset ``stream`` from this side: tell the peer, then cancel the stream's task."""
+        if not stream.mark_reset(code, reason, remote=False):
+            return
+        frame = self.conn.reset_stream(stream.id, code, reason)
+        if frame is not None:
+            self.send_control_frame(frame)
+
+    async def reset_all_streams(
+        self, reason: str, code: ResetCode = ResetCode.FAILOVER, timeout: float = 5.0
+    ) -> int:
         """Reset every stream of this session and wait (bounded) until all have closed."""
         streams = list(self._streams.values())
         for stream in streams:
-            fail(self, stream, reason)
+            self.reset_stream(stream, code, reason)
         with trio.move_on_after(timeout):
             for stream in streams:
                 await stream.done.wait()
         return len(streams)
 
-    def start_reset_all_streams(self, reason: str) -> None:
+    def start_reset_all_streams(self, reason: str, code: ResetCode = ResetCode.FAILOVER) -> None:
         """Reset every stream of this session in the background (from synchronous code)."""
         if self._nursery is not None:
-            self._nursery.start_soon(self.reset_all_streams, reason)
+            self._nursery.start_soon(self.reset_all_streams, reason, code)
 
     def send_control_frame(self, frame: bytes) -> None:
         try:
@@ -202,7 +232,7 @@ class Session:
 
     def send_control(self, message: dict[str, Any]) -> None:
         """Send a CONTROL message (failover state) to the peer."""
-        self.send_control_frame(encode_frame(FrameType.CONTROL, 0, 0, encode_json(message)))
+        self.send_control_frame(self.conn.control(message))
 
     # -- tasks ---------------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -212,6 +242,7 @@ class Session:
             self.close(f"WebSocket closed ({_close_text(exc)})")
 
     async def _read_loop(self) -> None:
+        conn = self.conn
         while True:
             try:
                 message = await self.ws.receive()
@@ -221,16 +252,63 @@ class Session:
             except RemoteProtocolError as exc:
                 self._protocol_failure(exc)
                 return
-            self._last_rx = trio.current_time()
-            # A payload kept as a view pins its whole message: copy the small ones out of a
-            # batch, so a slow stream never holds other streams' data (at most 2x its window).
-            self._copy_below = len(message) // 2
+            self._last_rx = now = trio.current_time()
             try:
-                for frame in decode_frames(message):
-                    self._dispatch(frame)
+                try:
+                    events = conn.receive_message(message, now)
+                finally:
+                    for frame in conn.take_frames():
+                        self.send_control_frame(frame)
+                self._handle(events)
             except RemoteProtocolError as exc:
                 self._protocol_failure(exc)
                 return
+
+    def _handle(self, events: list[Any]) -> None:
+        # Events of one message come together: a stream this loop refused or reset may still
+        # have events behind that one, so every lookup tolerates a stream that is gone.
+        streams = self._streams
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.inbound_send.send_nowait(event.payload)
+            elif kind is CreditGranted:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.credit.unpark_all()
+            elif kind is EndReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.inbound_send.send_nowait(END_OF_STREAM)
+            elif kind is StreamWasReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    reason = f"reset by peer: {event.reason}" if event.remote else event.reason
+                    stream.mark_reset(event.code, reason, remote=event.remote)
+            elif kind is StreamOpened:
+                self._on_open(event)
+            elif kind is ControlReceived:
+                self._owner.on_control(self, event.message)
+            elif kind is StreamRefused:
+                log.warning(
+                    "%s: stream %d tunnel %r refused: %s",
+                    self.name,
+                    event.stream_id,
+                    event.tunnel,
+                    event.reason,
+                )
+            elif kind is FrameIgnored:
+                # Frames can trail a stream we already reset; a few are normal, so log once.
+                log.info(
+                    "%s: ignoring %s for closed or unknown stream %d (logged once per session)",
+                    self.name,
+                    event.frame_type,
+                    event.stream_id,
+                )
+            elif kind is PingReceived or kind is PongReceived:
+                pass
 
     def _protocol_failure(self, exc: RemoteProtocolError) -> None:
         if not self.closed:
@@ -240,6 +318,7 @@ class Session:
     async def _keepalive(self) -> None:
         interval = self.settings.ping_interval
         timeout = self.settings.ping_timeout
+        reorder = self.conn.reorder_secs
         nonce = 0
         next_ping = trio.current_time()
         while True:
@@ -247,108 +326,45 @@ class Session:
             silent = now - self._last_rx
             if silent >= timeout:
                 log.warning("%s: peer silent for %.1fs: declared dead", self.name, silent)
-                self.close(f"no data or pong for {silent:.1f}s (ping timeout)", 1001)
+                self.close(
+                    f"no data or pong for {silent:.1f}s (ping timeout)", CloseCode.GOING_AWAY
+                )
                 return
             if now >= next_ping:
                 nonce += 1
-                self.send_control_frame(encode_frame(FrameType.PING, 0, nonce))
+                self.send_control_frame(self.conn.ping(nonce))
                 next_ping = now + interval
-            await trio.sleep_until(min(next_ping, self._last_rx + timeout))
+            expired = self.conn.expire(now)
+            if expired:
+                for frame in self.conn.take_frames():
+                    self.send_control_frame(frame)
+                self._handle(expired)
+            await trio.sleep_until(min(next_ping, self._last_rx + timeout, now + reorder))
 
-    # -- dispatch (runs in the reader; never blocks) -------------------------------------
-    def _dispatch(self, frame: Frame) -> None:
-        kind = frame.type
-        if kind is FrameType.DATA:
-            stream = self._streams.get(frame.stream_id)
-            if stream is None:
-                self._ignore(frame)
-                return
-            if stream.reset_reason is not None:
-                return
-            try:
-                stream.flow.on_data(frame.arg, len(frame.payload))
-            except SequenceError as exc:
-                fail(self, stream, str(exc))
-                return
-            payload = frame.payload
-            if len(payload) < self._copy_below:
-                payload = bytes(payload)
-            stream.inbound_send.send_nowait(payload)
-        elif kind is FrameType.WINDOW:
-            stream = self._streams.get(frame.stream_id)
-            if stream is not None:
-                stream.flow.on_window(frame.arg)
-                stream.credit.unpark_all()
-        elif kind is FrameType.OPEN:
-            self._on_open(frame)
-        elif kind is FrameType.EOF:
-            stream = self._streams.get(frame.stream_id)
-            if stream is None:
-                self._ignore(frame)
-                return
-            if stream.reset_reason is not None:
-                return
-            try:
-                stream.flow.on_eof(frame.arg)
-            except SequenceError as exc:
-                fail(self, stream, str(exc))
-                return
-            stream.inbound_send.send_nowait(END_OF_STREAM)
-        elif kind is FrameType.RESET:
-            stream = self._streams.get(frame.stream_id)
-            if stream is not None:
-                peer_reset(stream, frame.text())
-        elif kind is FrameType.PING:
-            self.send_control_frame(encode_frame(FrameType.PONG, 0, frame.arg))
-        elif kind is FrameType.PONG:
-            pass
-        elif kind is FrameType.CONTROL:
-            self._owner.on_control(self, decode_json(frame.payload, "CONTROL message"))
-        else:
-            raise RemoteProtocolError(f"unexpected {kind.name} frame after the handshake")
-
-    def _ignore(self, frame: Frame) -> None:
-        # Frames can trail a stream we already reset; a few are normal, so log once.
-        self._ignored_frames += 1
-        if self._ignored_frames == 1:
-            log.info(
-                "%s: ignoring %s for closed or unknown stream %d (logged once per session)",
-                self.name,
-                frame.type.name,
-                frame.stream_id,
-            )
-
-    def _on_open(self, frame: Frame) -> None:
-        stream_id = frame.stream_id
-        expected_parity = 1 if self._is_server else 0
-        if stream_id % 2 != expected_parity or stream_id <= self._last_peer_id:
-            raise RemoteProtocolError(f"OPEN with invalid or reused stream id {stream_id}")
-        self._last_peer_id = stream_id
-        tunnel = frame.text()
-        if len(self._streams) >= self.settings.max_streams:
-            self._refuse(stream_id, tunnel, "too many streams (max_streams_per_session)")
+    def _on_open(self, event: StreamOpened) -> None:
+        stream_id, tunnel = event.stream_id, event.tunnel
+        target = self._owner.resolve_open(self, tunnel, event.epoch)
+        if isinstance(target[0], ResetCode):
+            code, reason = target
+            log.warning("%s: stream %d tunnel %r refused: %s", self.name, stream_id, tunnel, reason)
+            frame = self.conn.refuse(stream_id, code, str(reason))
+            if frame is not None:
+                self.send_control_frame(frame)
             return
-        target = self._owner.resolve_open(self, tunnel, frame.arg)
-        if isinstance(target, str):
-            self._refuse(stream_id, tunnel, target)
-            return
+        host, port = target
         assert self._nursery is not None
-        stream = self._new_stream(stream_id, tunnel, f"{target[0]}:{target[1]}")
+        stream = self._new_stream(stream_id, tunnel, f"{host}:{port}")
         log.info(
             "stream %d tunnel %s opened by %s: connecting to %s:%d",
             stream_id,
             tunnel,
             self.name,
-            target[0],
-            target[1],
+            host,
+            port,
         )
         self._nursery.start_soon(
-            run_stream, self, stream, None, target, self.settings.connect_timeout
+            run_stream, self, stream, None, (host, int(port)), self.settings.connect_timeout
         )
-
-    def _refuse(self, stream_id: int, tunnel: str, reason: str) -> None:
-        log.warning("%s: stream %d tunnel %r refused: %s", self.name, stream_id, tunnel, reason)
-        self.send_control_frame(encode_frame(FrameType.RESET, stream_id, 1, reason[:200]))
 
 
 def _peer_name(tcp: trio.SocketStream) -> str:

@@ -4,6 +4,10 @@ A stream task owns one TCP connection for its whole life and runs in its session
 closing the session cancels exactly its streams. The TCP connection is closed cleanly (FIN)
 only when both directions ended with EOF; in every other case it is reset (RST), so a
 transfer cut short never looks complete to the application.
+
+This module makes no protocol decision: the session's :class:`~._protocol.Connection` says
+what may be sent and numbers it; the pumps move bytes and report what happened. It knows its
+session only through :class:`StreamHost`, so the session imports it and not the reverse.
 """
 
 from __future__ import annotations
@@ -14,28 +18,18 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
-from ._protocol import FrameType, StreamFlow, encode_frame, encode_header
-from ._protocol._flow import FRAME_COST
-from ._writer import StreamSlot
-
-if TYPE_CHECKING:
-    from ._session import Session
+from ._protocol import FRAME_COST, Connection, ResetCode, StreamFlow
+from ._writer import StreamSlot, Writer
 
 log = logging.getLogger("trio_tunnel.stream")
 
 CHUNK_BYTES = 128 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 _LINGER_OFF = struct.pack("ii", 0, 0)
-
-
-def _arm_reset(tcp: trio.SocketStream) -> None:
-    """Should this process die, the kernel resets ``tcp`` instead of closing it cleanly."""
-    with contextlib.suppress(OSError):
-        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
 
 
 class _EndOfStream:
@@ -45,8 +39,26 @@ class _EndOfStream:
 END_OF_STREAM = _EndOfStream()
 
 
+class StreamHost(Protocol):
+    """What a stream asks of the session that carries it."""
+
+    conn: Connection
+    writer: Writer
+
+    @property
+    def closing_reason(self) -> str | None: ...
+
+    def reset_stream(self, stream: TunnelStream, code: ResetCode, reason: str) -> None:
+        """Reset ``stream`` from this side: tell the peer, cancel the stream's task."""
+
+    def send_control_frame(self, frame: bytes) -> None: ...
+
+    def forget_stream(self, stream: TunnelStream) -> None:
+        """The stream's task is ending: drop it from the session."""
+
+
 class TunnelStream:
-    """State of one stream, shared by its task and the session's reader."""
+    """The shell's side of one stream, shared by its task and the session's reader."""
 
     def __init__(
         self,
@@ -54,14 +66,12 @@ class TunnelStream:
         tunnel: str,
         *,
         window: int,
-        peer_window: int,
         peer: str,
         on_first_data: Callable[[TunnelStream], None] | None = None,
     ) -> None:
         self.id = stream_id
         self.tunnel = tunnel
         self.peer = peer
-        self.flow = StreamFlow(window=window, peer_window=peer_window)
         # At most window // FRAME_COST DATA frames fit in the window, plus the EOF marker.
         self.inbound_send, self.inbound_receive = trio.open_memory_channel[
             "memoryview | bytes | _EndOfStream"
@@ -71,13 +81,32 @@ class TunnelStream:
         self.credit = trio.lowlevel.ParkingLot()
         self.done = trio.Event()
         self.on_first_data = on_first_data
+        self.reset_code: ResetCode | None = None
         self.reset_reason: str | None = None
+        self.reset_remote = False
         self.bytes_out = 0  # TCP -> tunnel
         self.bytes_in = 0  # tunnel -> TCP
         self.opened_at = trio.current_time()
+        self.flow: StreamFlow | None = None  # the core's counters, for inspection only
 
     def __repr__(self) -> str:
         return f"<stream {self.id} tunnel {self.tunnel!r}>"
+
+    def mark_reset(self, code: ResetCode, reason: str, *, remote: bool) -> bool:
+        """Record why the stream ends and cancel its task; ``False`` if it already ended."""
+        if self.reset_code is not None:
+            return False
+        self.reset_code = code
+        self.reset_reason = reason
+        self.reset_remote = remote
+        self.cancel_scope.cancel()
+        return True
+
+
+def _arm_reset(tcp: trio.SocketStream) -> None:
+    """Should this process die, the kernel resets ``tcp`` instead of closing it cleanly."""
+    with contextlib.suppress(OSError):
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
 
 
 def reset_tcp(tcp: trio.SocketStream) -> None:
@@ -89,7 +118,7 @@ def reset_tcp(tcp: trio.SocketStream) -> None:
 
 
 async def run_stream(
-    session: Session,
+    host: StreamHost,
     stream: TunnelStream,
     tcp: trio.SocketStream | None,
     target: tuple[str, int] | None,
@@ -101,23 +130,26 @@ async def run_stream(
         with stream.cancel_scope:
             if tcp is None:
                 assert target is not None
-                tcp = await _connect(session, stream, target, connect_timeout)
+                tcp = await _connect(host, stream, target, connect_timeout)
                 if tcp is None:
                     return
             _arm_reset(tcp)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_tcp_to_tunnel, session, stream, tcp)
-                nursery.start_soon(_pump_tunnel_to_tcp, session, stream, tcp)
-            clean = stream.reset_reason is None
+                nursery.start_soon(_pump_tcp_to_tunnel, host, stream, tcp)
+                nursery.start_soon(_pump_tunnel_to_tcp, host, stream, tcp)
+            clean = stream.reset_code is None
     except Exception as exc:
         # A bug in one stream must not end the session carrying the others: log it and
         # reset this stream only.
         log.exception("stream %d tunnel %s: internal error", stream.id, stream.tunnel)
-        fail(session, stream, f"internal error: {type(exc).__name__}")
+        host.reset_stream(stream, ResetCode.INTERNAL, f"internal error: {type(exc).__name__}")
     finally:
-        if stream.reset_reason is None and not clean:
-            stream.reset_reason = session.closing_reason or "cancelled"
-        session.forget_stream(stream)
+        if stream.reset_code is None and not clean:
+            # Cancelled from outside the stream: the session ended or the process stops.
+            reason = host.closing_reason
+            code = ResetCode.SESSION_LOST if reason is not None else ResetCode.SHUTDOWN
+            stream.mark_reset(code, reason or "cancelled", remote=False)
+        host.forget_stream(stream)
         if tcp is not None:
             if clean:
                 with contextlib.suppress(OSError):
@@ -132,17 +164,19 @@ async def run_stream(
 
 
 async def _connect(
-    session: Session, stream: TunnelStream, target: tuple[str, int], timeout: float
+    host: StreamHost, stream: TunnelStream, target: tuple[str, int], timeout: float
 ) -> trio.SocketStream | None:
-    host, port = target
+    address, port = target
     try:
         with trio.fail_after(timeout):
-            return await open_tcp(host, port)
+            return await open_tcp(address, port)
     except trio.TooSlowError:
-        reason = f"connect to {host}:{port} timed out after {timeout:g}s"
+        code = ResetCode.CONNECT_TIMEOUT
+        reason = f"connect to {address}:{port} timed out after {timeout:g}s"
     except OSError as exc:
-        reason = f"connect to {host}:{port} failed: {exc.strerror or exc}"
-    fail(session, stream, reason)
+        code = ResetCode.CONNECT_FAILED
+        reason = f"connect to {address}:{port} failed: {exc.strerror or exc}"
+    host.reset_stream(stream, code, reason)
     return None
 
 
@@ -192,31 +226,15 @@ async def _connect_one(
     return trio.SocketStream(sock)
 
 
-def fail(session: Session, stream: TunnelStream, reason: str) -> None:
-    """Reset ``stream`` from this side: tell the peer, then cancel the stream's task."""
-    if stream.reset_reason is not None:
-        return
-    stream.reset_reason = reason
-    session.send_control_frame(encode_frame(FrameType.RESET, stream.id, 1, reason[:200]))
-    stream.cancel_scope.cancel()
-
-
-def peer_reset(stream: TunnelStream, reason: str) -> None:
-    """The peer reset ``stream``: cancel its task without answering."""
-    if stream.reset_reason is not None:
-        return
-    stream.reset_reason = f"reset by peer: {reason}"
-    stream.cancel_scope.cancel()
-
-
 async def _pump_tcp_to_tunnel(
-    session: Session, stream: TunnelStream, tcp: trio.SocketStream
+    host: StreamHost, stream: TunnelStream, tcp: trio.SocketStream
 ) -> None:
-    flow = stream.flow
-    writer = session.writer
+    conn = host.conn
+    writer = host.writer
+    stream_id = stream.id
     try:
         while True:
-            while (sendable := flow.sendable()) <= 0:
+            while (sendable := conn.sendable(stream_id)) <= 0:
                 await stream.credit.park()
             await writer.reserve(stream.slot)
             try:
@@ -225,25 +243,30 @@ async def _pump_tcp_to_tunnel(
                 writer.unreserve(stream.slot)
                 raise
             if not data:
-                seq = flow.on_send_eof()
-                writer.submit(stream.slot, encode_header(FrameType.EOF, stream.id, seq, 0))
+                frame = conn.send_eof(stream_id)
+                if frame is None:
+                    writer.unreserve(stream.slot)
+                else:
+                    writer.submit(stream.slot, frame)
                 return
             if stream.on_first_data is not None:
                 hook, stream.on_first_data = stream.on_first_data, None
                 hook(stream)
-            seq = flow.on_send_data(len(data))
+            header = conn.send_data(stream_id, data)
+            if header is None:  # reset while we read: the task is being cancelled
+                writer.unreserve(stream.slot)
+                return
             stream.bytes_out += len(data)
-            writer.submit(
-                stream.slot, encode_header(FrameType.DATA, stream.id, seq, len(data)), data
-            )
+            writer.submit(stream.slot, header, data)
     except (trio.BrokenResourceError, OSError) as exc:
-        fail(session, stream, f"TCP receive failed: {exc}")
+        host.reset_stream(stream, ResetCode.TCP_ERROR, f"TCP receive failed: {exc}")
 
 
 async def _pump_tunnel_to_tcp(
-    session: Session, stream: TunnelStream, tcp: trio.SocketStream
+    host: StreamHost, stream: TunnelStream, tcp: trio.SocketStream
 ) -> None:
-    flow = stream.flow
+    conn = host.conn
+    stream_id = stream.id
     try:
         async for item in stream.inbound_receive:
             if isinstance(item, _EndOfStream):
@@ -251,16 +274,16 @@ async def _pump_tunnel_to_tcp(
                 return
             await tcp.send_all(item)
             stream.bytes_in += len(item)
-            increment = flow.on_consumed(len(item))
-            if increment:
-                session.send_control_frame(encode_header(FrameType.WINDOW, stream.id, increment, 0))
+            grant = conn.consumed(stream_id, len(item))
+            if grant is not None:
+                host.send_control_frame(grant)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        fail(session, stream, f"TCP send failed: {exc}")
+        host.reset_stream(stream, ResetCode.TCP_ERROR, f"TCP send failed: {exc}")
 
 
 def _log_close(stream: TunnelStream) -> None:
     duration = trio.current_time() - stream.opened_at
-    if stream.reset_reason is None:
+    if stream.reset_code is None:
         log.info(
             "stream %d tunnel %s peer %s closed: %d bytes out, %d bytes in, %.3fs",
             stream.id,
@@ -272,11 +295,12 @@ def _log_close(stream: TunnelStream) -> None:
         )
     else:
         log.warning(
-            "stream %d tunnel %s peer %s reset: %s (%d bytes out, %d bytes in, %.3fs)",
+            "stream %d tunnel %s peer %s reset: %s [%s] (%d bytes out, %d bytes in, %.3fs)",
             stream.id,
             stream.tunnel,
             stream.peer,
             stream.reset_reason,
+            stream.reset_code.label,
             stream.bytes_out,
             stream.bytes_in,
             duration,
