@@ -1,4 +1,5 @@
-"""The metrics endpoint: ``GET /metrics`` (Prometheus text format 0.0.4) and ``GET /health``.
+"""The metrics endpoint: ``GET /metrics`` (Prometheus text format 0.0.4), ``/livez``,
+``/readyz`` and ``/health`` (the same as ``/readyz``).
 
 A deliberately small, exact HTTP/1.1 server. The protocol part is pure: ``parse_request``
 turns a request head into a ``Request`` or raises ``BadRequest`` with the status to answer,
@@ -24,7 +25,14 @@ import attrs
 import trio
 
 from ._config import Config, MetricsSettings
-from ._metrics import REFUSAL_REASONS, RESET_KINDS, SWITCH_REASONS, Metrics
+from ._metrics import (
+    CONNECTION_REFUSAL_REASONS,
+    REFUSAL_REASONS,
+    RESET_KINDS,
+    SWITCH_REASONS,
+    Metrics,
+)
+from ._process import ProcessSample, sample_process
 
 __all__ = [
     "BadRequest",
@@ -32,7 +40,9 @@ __all__ = [
     "MetricsSource",
     "Request",
     "health",
+    "liveness",
     "parse_request",
+    "readiness",
     "render_metrics",
     "respond",
     "serve_metrics",
@@ -51,7 +61,7 @@ LINGER_BYTES: Final = 64 * 1024
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE: Final = "application/json"
-ROUTES: Final = ("/metrics", "/health")
+ROUTES: Final = ("/metrics", "/health", "/readyz", "/livez")
 ALLOWED_METHODS: Final = ("GET", "HEAD")
 
 
@@ -88,7 +98,7 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-_Sample = tuple[dict[str, str], int]
+_Sample = tuple[dict[str, str], int | float]
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[_Sample]) -> Iterator[str]:
@@ -100,6 +110,31 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[_Sample]) ->
             yield f"{name}{{{pairs}}} {value}"
         else:
             yield f"{name} {value}"
+
+
+def _process_families(sample: ProcessSample) -> Iterator[str]:
+    """The standard process metrics; a figure the platform does not give is left out."""
+    yield from _family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        [({}, round(sample.cpu_seconds, 6))],
+    )
+    optional: list[tuple[str, str, int | None]] = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", sample.resident_bytes),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", sample.virtual_bytes),
+        ("process_open_fds", "Number of open file descriptors.", sample.open_fds),
+        ("process_max_fds", "Maximum number of open file descriptors.", sample.max_fds),
+    ]
+    for name, help_text, figure in optional:
+        if figure is not None:
+            yield from _family(name, "gauge", help_text, [({}, figure)])
+    yield from _family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        [({}, round(sample.start_time, 2))],
+    )
 
 
 def _by_label(label: str, counts: dict[str, int], known: Iterable[str]) -> list[_Sample]:
@@ -204,29 +239,59 @@ def render_metrics(metrics: Metrics, tunnels: Iterable[str] = ()) -> str:
         "Tunnel streams ended by a reset, by reason.",
         _by_label("reason", dict(metrics.stream_resets), RESET_KINDS),
     )
+    refused_tunnels = sorted(set(names) | {tunnel for tunnel, _ in metrics.connections_refused})
+    lines += _family(
+        "trio_tunnel_connections_refused_total",
+        "counter",
+        "TCP connections to a listen port refused (reset at once), by tunnel and reason.",
+        [
+            ({"tunnel": tunnel, "reason": reason}, metrics.connections_refused[tunnel, reason])
+            for tunnel in refused_tunnels
+            for reason in CONNECTION_REFUSAL_REASONS
+        ],
+    )
+    lines += _process_families(sample_process())
     return "\n".join(lines) + "\n"
 
 
-def health(metrics: Metrics) -> tuple[int, dict[str, object]]:
-    """(HTTP status, JSON document): 200 while serving (a client: while connected), else 503."""
+def readiness(metrics: Metrics) -> tuple[int, dict[str, object]]:
+    """(HTTP status, JSON document) for ``/readyz`` and ``/health``: 200 while this process can
+    carry streams, else 503. A server is ready while an active client is connected; a client
+    while it is connected to the server (as the active client or the standby)."""
     live = metrics.live()
     if metrics.role == "server":
         active = _int(live.get("active_client"))
-        return 200, {
-            "status": "ok",
+        connected = _int(live.get("connected_clients"))
+        status = "ok" if active else ("no_active_client" if connected else "no_client")
+        return (200 if active else 503), {
+            "status": status,
+            "ready": bool(active),
             "role": "server",
-            "connected_clients": _int(live.get("connected_clients")),
+            "connected_clients": connected,
             "active_client": active or None,
         }
-    connected = bool(live.get("connected"))
+    connected_to_server = bool(live.get("connected"))
     document: dict[str, object] = {
-        "status": "ok" if connected else "disconnected",
+        "status": "ok" if connected_to_server else "disconnected",
+        "ready": connected_to_server,
         "role": "client",
         "client_id": live.get("client_id"),
-        "connected": connected,
+        "connected": connected_to_server,
         "active": bool(live.get("active")),
     }
-    return (200 if connected else 503), document
+    return (200 if connected_to_server else 503), document
+
+
+health = readiness  # /health is /readyz, kept for the configs and probes that use it
+
+
+def liveness(metrics: Metrics) -> tuple[int, dict[str, object]]:
+    """(200, JSON document) for ``/livez``: answered at all means the event loop is running.
+
+    Never 503 because of the far side: a liveness probe that restarts a process whose peer is
+    down (both clients, during a server outage) turns one outage into a restart loop.
+    """
+    return 200, {"status": "alive", "role": metrics.role}
 
 
 # --- HTTP/1.1, sans I/O ---------------------------------------------------------------------
@@ -343,7 +408,7 @@ def respond(request: Request, source: MetricsSource) -> bytes:
     if request.path == "/metrics":
         text = render_metrics(metrics, _configured_tunnels(source))
         return _response(200, text.encode(), PROMETHEUS_CONTENT_TYPE, head_only=head_only)
-    status, document = health(metrics)
+    status, document = liveness(metrics) if request.path == "/livez" else readiness(metrics)
     body = (json.dumps(document) + "\n").encode()
     return _response(status, body, JSON_CONTENT_TYPE, head_only=head_only)
 
