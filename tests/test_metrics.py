@@ -747,23 +747,31 @@ async def test_silent_client_is_dropped_after_the_timeout(nursery: trio.Nursery)
         assert (await get(port, "/health")).status == 200
 
 
-async def test_connections_beyond_the_limit_get_503(nursery: trio.Nursery) -> None:
+async def test_a_full_endpoint_drops_its_oldest_idle_connection(nursery: trio.Nursery) -> None:
+    """At the cap the newest request is served: the oldest idle connection makes room."""
     port = await nursery.start(
         partial(
             serve_metrics, ANY_PORT, ready_server_metrics(), max_connections=2, request_timeout=30
         )
     )
     with trio.fail_after(10):
-        idle = [await trio.open_tcp_stream(LOCALHOST, port) for _ in range(2)]
-        for tcp in idle:  # each is accepted and waits for its request line
-            await tcp.send_all(b"G")
-        while (response := await get(port, "/health")).status != 503:
-            await trio.sleep(0.02)  # until the server has accepted both
-        assert response.headers["retry-after"] == "1"
-        for tcp in idle:
-            await tcp.aclose()
-        while (await get(port, "/health")).status != 200:
-            await trio.sleep(0.02)
+        oldest = await trio.open_tcp_stream(LOCALHOST, port)
+        await oldest.send_all(b"G")
+        # A whole exchange after it: by then the server has taken `oldest` in (accepts are FIFO).
+        assert (await get(port, "/livez")).status == 200
+        younger = await trio.open_tcp_stream(LOCALHOST, port)
+        await younger.send_all(b"G")
+        # Both slots are held: this request still gets its answer...
+        assert (await get(port, "/health")).status == 200
+        # ...because the oldest idle connection was closed for it,
+        _, end = await read_to_end(oldest)
+        assert end in ("eof", "reset")
+        # while the younger one was kept and is still served when its head comes.
+        await younger.send_all(b"ET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        raw, end = await read_to_end(younger)
+        assert parse_response(raw, end).status == 200
+        await oldest.aclose()
+        await younger.aclose()
 
 
 async def test_serve_metrics_needs_an_address() -> None:

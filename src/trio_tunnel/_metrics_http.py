@@ -3,10 +3,19 @@
 
 A deliberately small, exact HTTP/1.1 server. The protocol part is pure: ``parse_request``
 turns a request head into a ``Request`` or raises ``BadRequest`` with the status to answer,
-and ``respond`` turns a request into response bytes. The I/O shell reads one request head
-(bounded in size and time), answers, and closes; a bounded number of connections is served
-at once and the next one is answered 503 at once, so a flood or slow clients cannot pile up
-tasks. A failure while answering is logged and contained to its connection.
+and ``respond`` turns a request into response bytes. The I/O shell reads one request head,
+answers, and closes (no keep-alive).
+
+Nothing can starve it (a monitor that cannot read /readyz restarts a healthy tunnel):
+- a connection must deliver its whole request head within ``REQUEST_TIMEOUT_SECS`` (2 s) of
+  being accepted, and is closed silently otherwise: a scraper sends its head at once, and 2 s
+  still allows one lost packet's retransmission (the initial TCP retransmit timeout is 1 s);
+- at most ``MAX_CONNECTIONS`` (64) are served at once; when a new one arrives at the cap,
+  the *oldest idle* connection (still waiting for its head, or lingering after its answer) is
+  closed to make room, so holding connections open cannot lock out the newest request; only
+  when every slot is busy writing an answer is the newcomer answered 503 at once;
+- writing the answer is bounded too (``ANSWER_TIMEOUT_SECS``), for a client that never reads.
+A failure while answering is logged and contained to its connection.
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ __all__ = [
 log = logging.getLogger("trio_tunnel.metrics")
 
 MAX_HEAD_BYTES: Final = 8192
-REQUEST_TIMEOUT_SECS: Final = 5.0
-MAX_CONNECTIONS: Final = 16
+REQUEST_TIMEOUT_SECS: Final = 2.0  # from accept to the end of the request head
+ANSWER_TIMEOUT_SECS: Final = 10.0  # to hand the answer to a client that reads slowly
+MAX_CONNECTIONS: Final = 64
 # After answering a request we stopped reading mid-way, keep reading (and discarding) a little
 # before closing: closing with unread data makes the kernel send a reset, which can destroy
 # the answer before the client has read it.
@@ -416,42 +426,80 @@ def respond(request: Request, source: MetricsSource) -> bytes:
 # --- the I/O shell --------------------------------------------------------------------------
 
 
+@attrs.define(eq=False)
+class _Slot:
+    """One connection being served; ``idle`` while it waits for its head or lingers."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    idle: bool = True
+
+
 @attrs.define
 class _Endpoint:
     source: MetricsSource
     max_connections: int
     request_timeout: float
-    connections: int = 0
+    # Connections being served, oldest first (dicts keep insertion order).
+    slots: dict[_Slot, None] = attrs.field(factory=dict)
+    evicted: int = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self.slots)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self.connections >= self.max_connections:
+            if len(self.slots) >= self.max_connections and not self._evict_oldest_idle():
                 with trio.move_on_after(self.request_timeout):
                     await _send_quietly(
                         stream,
                         error_response(503, "too many connections", extra=[("Retry-After", "1")]),
                     )
                 return
-            self.connections += 1
+            slot = _Slot()
+            self.slots[slot] = None
             try:
-                await self._converse(stream)
+                with slot.scope:
+                    await self._converse(stream, slot)
             finally:
-                self.connections -= 1
+                self.slots.pop(slot, None)
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
+    def _evict_oldest_idle(self) -> bool:
+        """Close the oldest idle connection to make room; False if every one is busy."""
+        oldest = next((slot for slot in self.slots if slot.idle), None)
+        if oldest is None:
+            return False
+        del self.slots[oldest]  # its slot is free now; its task ends at its next checkpoint
+        oldest.scope.cancel()
+        self.evicted += 1
+        if self.evicted == 1 or self.evicted % 1000 == 0:
+            log.warning(
+                "metrics endpoint full (%d connections): closed the oldest idle one"
+                " (%d so far; a client holding connections open?)",
+                self.max_connections,
+                self.evicted,
+            )
+        return True
+
+    async def _converse(self, stream: trio.SocketStream, slot: _Slot) -> None:
         linger = False
+        response: bytes | None = None
         with trio.move_on_after(self.request_timeout):
             try:
                 head, rest = await _read_head(stream)
             except BadRequest as exc:
                 log.debug("bad request from %s: %s", _peer(stream), exc.why)
-                await _send_quietly(stream, error_response(exc.status, exc.why))
-                linger = True
+                response, linger = error_response(exc.status, exc.why), True
             except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
                 return
             else:
                 response, linger = self._answer(stream, head, rest)
-                await _send_quietly(stream, response)
+        if response is None:
+            return  # no whole head in time: close without a word (a slow or idle client)
+        slot.idle = False
+        with trio.move_on_after(ANSWER_TIMEOUT_SECS):
+            await _send_quietly(stream, response)
+        slot.idle = True
         if linger:
             await _linger(stream)
 
@@ -522,7 +570,8 @@ async def serve_metrics(
     request_timeout: float = REQUEST_TIMEOUT_SECS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``GET /metrics`` and ``GET /health`` for ``source`` until cancelled.
+    """Serve ``GET /metrics``, ``/livez``, ``/readyz`` and ``/health`` for ``source`` until
+    cancelled.
 
     ``source`` is a running ``Server`` or ``Client`` (or just its ``Metrics``). Use with
     ``nursery.start``: it reports the bound port (useful with port 0).
