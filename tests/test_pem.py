@@ -19,9 +19,10 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+import trio_tunnel as tt
 from trio_tunnel import _pem, _tls
 
-from .helpers import LOCALHOST
+from .helpers import LOCALHOST, echo_handler, open_rig, read_to_end, start_service
 
 
 @attrs.frozen
@@ -292,3 +293,50 @@ async def test_wss_handshake_with_shuffled_bundles(tmp_path: Path) -> None:
                 assert await ws.get_message() == "pong"
             nursery.cancel_scope.cancel()
     assert seen == ["ping"]
+
+
+# --- through the config and a real tunnel -----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="until the config step validates tls_bundle with _tls.check_bundle instead of "
+    "ssl's load_cert_chain (the lead wires it; then remove this mark)",
+)
+async def test_a_tunnel_with_the_old_tools_bundles(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Server and client 1 with bundles in tcp-over-websocket's order, mutual TLS, pinning."""
+    echo = await start_service(nursery, echo_handler)
+    server_chain, client_chain = make_chain("127.0.0.1"), make_chain("client-1.example")
+    for name, c in (("server", server_chain), ("client", client_chain)):
+        (tmp_path / f"{name}.pem").write_bytes(c.root + c.intermediate + c.leaf + c.key)
+        (tmp_path / f"{name}-root.pem").write_bytes(c.key + c.root)
+    server = tt.Config(
+        role="server",
+        websocket=tt.WebSocketSettings(
+            url="wss://127.0.0.1:0/",
+            tls_bundle=str(tmp_path / "server.pem"),
+            mutual_tls=True,
+            trusted_ca=str(tmp_path / "client-root.pem"),
+            trusted_peers=str(tmp_path / "client.pem"),
+        ),
+        listen=(tt.Listen(tunnel="down", port=0),),
+    )
+    client = tt.Config(
+        role="client",
+        client_id=1,
+        websocket=tt.WebSocketSettings(
+            url="wss://127.0.0.1:1/",
+            tls_bundle=str(tmp_path / "client.pem"),
+            mutual_tls=True,
+            trusted_ca=str(tmp_path / "server-root.pem"),
+            trusted_peers=str(tmp_path / "server.pem"),
+        ),
+        connect=(tt.Connect(tunnel="down", host=LOCALHOST, port=echo),),
+    )
+    with trio.fail_after(20):
+        async with open_rig(server, [client]) as rig:
+            tcp = await trio.open_tcp_stream(LOCALHOST, rig.server_port("down"))
+            async with tcp:
+                await tcp.send_all(b"over wss")
+                await tcp.send_eof()
+                assert await read_to_end(tcp) == (b"over wss", "eof")
