@@ -277,3 +277,15 @@ async def test_a_real_prometheus_scrapes_a_server_and_fires_no_active_client(
     finally:
         _stop(prometheus)
         server.close()
+
+
+def test_the_image_health_check_asks_livez_on_the_metrics_port() -> None:
+    """Docker's health state means liveness: /livez on the port the compose configs use."""
+    lines = (DOCKER / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK "))
+    instruction = lines[start].rstrip("\\") + lines[start + 1]
+    assert "http://127.0.0.1:9108/livez" in instruction
+    assert "CMD [" in instruction
+    compose = load_yaml(DOCKER / "compose.yaml")
+    for name in ("server", "client1", "client2"):
+        assert "/livez" in " ".join(compose["services"][name]["healthcheck"]["test"])
