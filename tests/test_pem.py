@@ -106,6 +106,35 @@ def test_the_old_tools_recipe_loads(chain: Chain, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_without_memfd_a_private_temporary_file_is_used_and_removed(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no memfd (macOS, Windows), a mode-0600 file is used and removed."""
+    import os
+    import stat
+    import tempfile
+
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(chain.root + chain.leaf + chain.key + chain.intermediate)
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    modes: list[int] = []
+    real_load = ssl.SSLContext.load_cert_chain
+
+    def load_cert_chain(self: ssl.SSLContext, certfile: str, *args: object) -> None:
+        modes.append(stat.S_IMODE(os.stat(certfile).st_mode))
+        assert Path(certfile).parent == private
+        real_load(self, certfile)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", load_cert_chain)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    assert _tls.load_bundle_into(context, str(bundle)).leaf == chain.certificates()[0]
+    assert modes == [0o600]
+    assert list(private.iterdir()) == []
+
+
 def test_a_bundle_in_the_usual_order_has_no_notes(chain: Chain, tmp_path: Path) -> None:
     path = tmp_path / "bundle.pem"
     path.write_bytes(chain.key + chain.leaf + chain.intermediate)

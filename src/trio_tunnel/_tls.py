@@ -59,10 +59,11 @@ def load_bundle_into(context: ssl.SSLContext, path: str, *, log_notes: bool = Tr
         _log_notes(path, bundle.notes)
     data = bundle.pem()
     memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is not None and sys.platform == "linux":
+    if memfd_create is not None and sys.platform == "linux" and os.path.isdir("/proc/self/fd"):
         fd = memfd_create("trio-tunnel-bundle", os.MFD_CLOEXEC)
         try:
-            os.write(fd, data)
+            with os.fdopen(os.dup(fd), "wb") as file:  # write it all, however large
+                file.write(data)
             context.load_cert_chain(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
