@@ -194,9 +194,10 @@ def test_compose_configs_pass_check_and_agree_with_the_compose_file() -> None:
         published = {int(port.rsplit(":", 1)[1]) for port in services[name].get("ports", [])}
         assert published <= {entry.port for entry in config.listen}, name
         assert all(entry.bind == "0.0.0.0" for entry in config.listen), name
-        # The health check asks the metrics endpoint inside the container.
-        assert config.metrics.listen == "127.0.0.1:9108"
-        assert "http://127.0.0.1:9108/health" in " ".join(services[name]["healthcheck"]["test"])
+        # The health check asks the metrics endpoint inside the container; Prometheus on the
+        # compose network can reach it too (tests/test_monitoring.py).
+        assert config.metrics.listen == "0.0.0.0:9108"
+        assert "http://127.0.0.1:9108/livez" in " ".join(services[name]["healthcheck"]["test"])
     client_tunnels = {entry.tunnel for entry in configs["client1"].connect}
     assert {entry.tunnel for entry in server.listen} <= client_tunnels
 

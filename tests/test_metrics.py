@@ -11,6 +11,7 @@ import io
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ import trio_tunnel as tt
 from trio_tunnel import _status
 from trio_tunnel._config import MetricsSettings, parse_config
 from trio_tunnel._errors import ConfigError
-from trio_tunnel._metrics import Metrics
+from trio_tunnel._metrics import CONNECTION_REFUSAL_REASONS, Metrics
 from trio_tunnel._metrics_http import (
     MAX_HEAD_BYTES,
     BadRequest,
@@ -359,8 +360,8 @@ async def scrape_until(
     return families
 
 
-async def health(port: int) -> tuple[int, dict[str, Any]]:
-    response = await get(port, "/health")
+async def health(port: int, path: str = "/health") -> tuple[int, dict[str, Any]]:
+    response = await get(port, path)
     assert response.headers["content-type"] == "application/json"
     document = json.loads(response.body)
     assert isinstance(document, dict)
@@ -473,19 +474,27 @@ async def test_metrics_of_a_server_and_its_client(nursery: trio.Nursery) -> None
                     assert family.help, name
                     assert family.type == ("counter" if name.endswith("_total") else "gauge")
 
-            assert await health(server_port) == (
+            ready_server = {
+                "status": "ok",
+                "ready": True,
+                "role": "server",
+                "connected_clients": 1,
+                "active_client": 1,
+            }
+            ready_client = {
+                "status": "ok",
+                "ready": True,
+                "role": "client",
+                "client_id": 1,
+                "connected": True,
+                "active": True,
+            }
+            for path in ("/health", "/readyz"):
+                assert await health(server_port, path) == (200, ready_server)
+                assert await health(client_port, path) == (200, ready_client)
+            assert await health(server_port, "/livez") == (
                 200,
-                {"status": "ok", "role": "server", "connected_clients": 1, "active_client": 1},
-            )
-            assert await health(client_port) == (
-                200,
-                {
-                    "status": "ok",
-                    "role": "client",
-                    "client_id": 1,
-                    "connected": True,
-                    "active": True,
-                },
+                {"status": "alive", "role": "server"},
             )
 
 
@@ -493,29 +502,137 @@ async def test_health_of_a_disconnected_client(nursery: trio.Nursery) -> None:
     with trio.fail_after(10):
         client = await nursery.start(tt.serve_client, client_config(2, closed_port()))
         port = await nursery.start(serve_metrics, ANY_PORT, client)
-        assert await health(port) == (
-            503,
-            {
-                "status": "disconnected",
-                "role": "client",
-                "client_id": 2,
-                "connected": False,
-                "active": False,
-            },
-        )
+        not_ready = {
+            "status": "disconnected",
+            "ready": False,
+            "role": "client",
+            "client_id": 2,
+            "connected": False,
+            "active": False,
+        }
+        for path in ("/health", "/readyz"):
+            assert await health(port, path) == (503, not_ready)
+        # Alive all the same: a liveness probe must not restart a client whose server is down.
+        assert await health(port, "/livez") == (200, {"status": "alive", "role": "client"})
         families = await scrape(port)
         assert value(families, "trio_tunnel_client_connected") == 0
         assert value(families, "trio_tunnel_client_active") == 0
 
 
-async def test_server_health_without_clients(nursery: trio.Nursery) -> None:
-    with trio.fail_after(10):
-        server = await nursery.start(tt.serve_server, server_config())
+async def test_server_is_not_ready_without_an_active_client(nursery: trio.Nursery) -> None:
+    echo = await start_service(nursery, echo_handler)
+    with trio.fail_after(20):
+        server = await nursery.start(tt.serve_server, server_config(listen={"echo": 0}))
         port = await nursery.start(serve_metrics, ANY_PORT, server)
-        assert await health(port) == (
-            200,
-            {"status": "ok", "role": "server", "connected_clients": 0, "active_client": None},
-        )
+        no_client = {
+            "status": "no_client",
+            "ready": False,
+            "role": "server",
+            "connected_clients": 0,
+            "active_client": None,
+        }
+        for path in ("/health", "/readyz"):
+            assert await health(port, path) == (503, no_client)
+        assert await health(port, "/livez") == (200, {"status": "alive", "role": "server"})
+        for method in ("HEAD", "GET"):
+            assert (await get(port, "/livez", method)).status == 200
+            assert (await get(port, "/readyz", method)).status == 503
+        config = client_config(1, server.websocket_port, connect={"echo": echo})
+        async with tt.open_client(config) as client:
+            await client.wait_for("active")
+            status, document = await health(port, "/readyz")
+            assert (status, document["status"], document["active_client"]) == (200, "ok", 1)
+        while (await health(port, "/readyz"))[0] != 503:
+            await trio.sleep(0.02)  # the server notices the client left
+
+
+async def test_refused_connections_are_counted_by_tunnel_and_reason(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(20):
+        server = await nursery.start(tt.serve_server, server_config(listen={"echo": 0}))
+        port = await nursery.start(serve_metrics, ANY_PORT, server)
+        families = await scrape(port)
+        assert {
+            reason: count
+            for (tunnel, reason), count in refusals(families).items()
+            if tunnel == "echo"
+        } == dict.fromkeys(CONNECTION_REFUSAL_REASONS, 0.0)
+        for _ in range(3):  # no client connected: each is reset at once
+            await refused_at(server.listen_ports["echo"])
+        families = await scrape(port)
+        assert refusals(families)["echo", "no_client"] == 3
+        assert sum(refusals(families).values()) == 3
+
+        # A client listens only while connected; a connection accepted just as its WebSocket
+        # went down is refused and counted.
+        client = await nursery.start(tt.serve_client, client_config(2, closed_port()))
+        client_port = await nursery.start(serve_metrics, ANY_PORT, client)
+        listener = (await trio.open_tcp_listeners(0, host=LOCALHOST))[0]
+        async with listener:
+            peer = await trio.open_tcp_stream(LOCALHOST, listener.socket.getsockname()[1])
+            async with peer:
+                client._on_tcp("back", await listener.accept())
+                assert (await read_to_end(peer))[1] == "reset"
+        families = await scrape(client_port)
+        assert refusals(families)["back", "not_connected"] == 1
+
+
+async def refused_at(port: int) -> None:
+    """Connect and see a reset (it may come before or after the connect call returns)."""
+    try:
+        tcp = await trio.open_tcp_stream(LOCALHOST, port)
+    except OSError:
+        return
+    async with tcp:
+        assert (await read_to_end(tcp))[1] == "reset"
+
+
+def refusals(families: dict[str, Family]) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["tunnel"], dict(labels)["reason"]): count
+        for labels, count in families["trio_tunnel_connections_refused_total"].samples.items()
+    }
+
+
+def test_unknown_refusal_reasons_count_as_other() -> None:
+    metrics = Metrics(role="server")
+    metrics.connection_refused("ssh", "no_client")
+    metrics.connection_refused("ssh", "made up")  # type: ignore[arg-type]
+    families = parse_strict(render_metrics(metrics))
+    assert refusals(families)["ssh", "no_client"] == 1
+    assert refusals(families)["ssh", "other"] == 1
+
+
+def test_process_metrics(tmp_path: Path) -> None:
+    families = parse_strict(render_metrics(Metrics()))
+    assert families["process_cpu_seconds_total"].type == "counter"
+    cpu = value(families, "process_cpu_seconds_total")
+    assert cpu > 0
+    start = value(families, "process_start_time_seconds")
+    assert time.time() - 24 * 3600 < start <= time.time()
+    if not sys.platform.startswith("linux"):
+        return
+    # Linux: memory and file descriptors follow what the process does.
+    files = [open(tmp_path / f"f{n}", "w") for n in range(20)]  # noqa: SIM115
+    ballast = bytearray(64 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page so it is resident
+    try:
+        more = parse_strict(render_metrics(Metrics()))
+    finally:
+        for file in files:
+            file.close()
+    assert value(more, "process_open_fds") >= value(families, "process_open_fds") + 20
+    assert value(more, "process_max_fds") >= value(more, "process_open_fds")
+    grown = value(more, "process_resident_memory_bytes") - value(
+        families, "process_resident_memory_bytes"
+    )
+    assert grown >= 48 * 1024 * 1024
+    assert value(more, "process_virtual_memory_bytes") > value(
+        more, "process_resident_memory_bytes"
+    )
+    assert value(more, "process_cpu_seconds_total") >= cpu
+    del ballast
 
 
 def test_label_values_are_escaped() -> None:
@@ -537,8 +654,15 @@ def test_label_values_are_escaped() -> None:
 
 @pytest.fixture
 async def endpoint(nursery: trio.Nursery) -> int:
-    port: int = await nursery.start(serve_metrics, ANY_PORT, Metrics(role="server"))
+    port: int = await nursery.start(serve_metrics, ANY_PORT, ready_server_metrics())
     return port
+
+
+def ready_server_metrics() -> Metrics:
+    """A server's metrics with client 1 connected and active, so /health answers 200."""
+    metrics = Metrics(role="server")
+    metrics.live = lambda: {"connected_clients": 1, "active_client": 1}
+    return metrics
 
 
 async def test_routes_and_methods(endpoint: int) -> None:
@@ -611,7 +735,9 @@ def test_parse_request_is_pure() -> None:
 
 
 async def test_silent_client_is_dropped_after_the_timeout(nursery: trio.Nursery) -> None:
-    port = await nursery.start(partial(serve_metrics, ANY_PORT, Metrics(), request_timeout=0.3))
+    port = await nursery.start(
+        partial(serve_metrics, ANY_PORT, ready_server_metrics(), request_timeout=0.3)
+    )
     with trio.fail_after(10):
         async with await trio.open_tcp_stream(LOCALHOST, port) as tcp:
             await tcp.send_all(b"GET /health HTTP/1.1\r\n")  # and never the rest
@@ -621,21 +747,31 @@ async def test_silent_client_is_dropped_after_the_timeout(nursery: trio.Nursery)
         assert (await get(port, "/health")).status == 200
 
 
-async def test_connections_beyond_the_limit_get_503(nursery: trio.Nursery) -> None:
+async def test_a_full_endpoint_drops_its_oldest_idle_connection(nursery: trio.Nursery) -> None:
+    """At the cap the newest request is served: the oldest idle connection makes room."""
     port = await nursery.start(
-        partial(serve_metrics, ANY_PORT, Metrics(), max_connections=2, request_timeout=30)
+        partial(
+            serve_metrics, ANY_PORT, ready_server_metrics(), max_connections=2, request_timeout=30
+        )
     )
     with trio.fail_after(10):
-        idle = [await trio.open_tcp_stream(LOCALHOST, port) for _ in range(2)]
-        for tcp in idle:  # each is accepted and waits for its request line
-            await tcp.send_all(b"G")
-        while (response := await get(port, "/health")).status != 503:
-            await trio.sleep(0.02)  # until the server has accepted both
-        assert response.headers["retry-after"] == "1"
-        for tcp in idle:
-            await tcp.aclose()
-        while (await get(port, "/health")).status != 200:
-            await trio.sleep(0.02)
+        oldest = await trio.open_tcp_stream(LOCALHOST, port)
+        await oldest.send_all(b"G")
+        # A whole exchange after it: by then the server has taken `oldest` in (accepts are FIFO).
+        assert (await get(port, "/livez")).status == 200
+        younger = await trio.open_tcp_stream(LOCALHOST, port)
+        await younger.send_all(b"G")
+        # Both slots are held: this request still gets its answer...
+        assert (await get(port, "/health")).status == 200
+        # ...because the oldest idle connection was closed for it,
+        _, end = await read_to_end(oldest)
+        assert end in ("eof", "reset")
+        # while the younger one was kept and is still served when its head comes.
+        await younger.send_all(b"ET /health HTTP/1.1\r\nHost: h\r\n\r\n")
+        raw, end = await read_to_end(younger)
+        assert parse_response(raw, end).status == 200
+        await oldest.aclose()
+        await younger.aclose()
 
 
 async def test_serve_metrics_needs_an_address() -> None:
@@ -680,6 +816,15 @@ def test_summary_computes_throughput() -> None:
     ]
     assert "switches: first_client 1" in lines
     assert "stream resets: none" in lines
+    assert "refused connections: none" in lines
+    process = next(line for line in lines if line.startswith("process: up "))
+    assert "; cpu " in process
+    metrics.connection_refused("ssh", "no_client")
+    metrics.connection_refused("ssh", "no_client")
+    metrics.connection_refused("db", "no_active_client")
+    third = _status._Sample(13.0, _status.parse_exposition(render_metrics(metrics)))
+    lines = _status.summary(document, second, third)
+    assert "refused connections: db no_active_client 1, ssh no_client 2" in lines
 
 
 async def run_status(url: str, *extra: str) -> tuple[int, str, str]:

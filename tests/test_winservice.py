@@ -454,3 +454,78 @@ def test_service_without_config_or_with_a_bad_one_logs_and_fails(
         _service(["tunnel-a"]).SvcDoRun()
     assert [kind for kind, _ in scm.events] == ["error", "error"]
     assert "websocket: required table missing" in scm.events[1][1]
+
+
+# --- the metrics endpoint under the service, and `run` where there is no SIGHUP -------------
+
+
+def _livez(port: int) -> int:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{LOCALHOST}:{port}/livez", timeout=WAIT) as response:
+        return int(response.status)
+
+
+def test_service_serves_the_metrics_endpoint(tmp_path: Path, scm: FakeScm) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = server_toml(tmp_path, port)
+    config.write_text(config.read_text() + f'\n[metrics]\nlisten = "{LOCALHOST}:{metrics_port}"\n')
+    scm.registry[("tunnel-a", "config")] = str(config)
+    service = _service(["tunnel-a"])
+    thread = threading.Thread(target=service.SvcDoRun, daemon=True)
+    thread.start()
+    wait_until(lambda: service._runner is not None and service._runner.started.is_set())
+    assert _livez(metrics_port) == 200  # bound before `started` is set
+    service.SvcStop()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert not accepts(metrics_port)
+
+
+def test_run_signals_without_sighup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from trio_tunnel._cli import _run_signals
+
+    assert signal.SIGHUP in _run_signals()
+    monkeypatch.delattr(signal, "SIGHUP")
+    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)  # as on Windows
+    assert _run_signals() == [signal.SIGINT, signal.SIGTERM, 21]
+
+
+@not_windows
+def test_run_works_where_there_is_no_sighup(tmp_path: Path) -> None:
+    """`trio-tunnel run` in a Python whose signal module has no SIGHUP (as on Windows)."""
+    import signal
+
+    port, metrics_port = free_port(), free_port()
+    config = server_toml(tmp_path, port)
+    config.write_text(config.read_text() + f'\n[metrics]\nlisten = "{LOCALHOST}:{metrics_port}"\n')
+    code = (
+        "import signal, sys\n"
+        "del signal.SIGHUP\n"
+        "from trio_tunnel._cli import main\n"
+        f"sys.exit(main(['run', {str(config)!r}]))\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        try:
+
+            def answering() -> bool:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                try:
+                    return _livez(metrics_port) == 200
+                except OSError:
+                    return False
+
+            wait_until(answering)
+            proc.send_signal(signal.SIGINT)
+            output, _ = proc.communicate(timeout=WAIT)
+        finally:
+            proc.kill()
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert "SIGINT received: closing all streams and exiting" in text
+    assert "Traceback" not in text

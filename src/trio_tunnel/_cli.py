@@ -150,9 +150,9 @@ async def _run(config: Config, path: Path) -> None:
             running = await nursery.start(serve_client, config)
         if config.metrics.listen is not None:
             await nursery.start(serve_metrics, config.metrics, running)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*_run_signals()) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if signum == getattr(signal, "SIGHUP", None):
                     await _reload(running, path)
                     continue
                 log.info(
@@ -160,6 +160,13 @@ async def _run(config: Config, path: Path) -> None:
                 )
                 break
         nursery.cancel_scope.cancel()
+
+
+def _run_signals() -> list[int]:
+    """Stop on SIGINT and SIGTERM (and Ctrl+Break on Windows); reload on SIGHUP where it
+    exists (Windows has none: there, restart the service to apply a changed config)."""
+    names = ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP")
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
 async def _reload(running: Server | Client, path: Path) -> None:

@@ -329,6 +329,7 @@ class Client:
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         session = self._session
         if session is None:
+            self.metrics.connection_refused(tunnel, "not_connected")
             reset_tcp(tcp)
             return
         session.open_stream(tunnel, tcp, epoch=self.epoch, on_first_data=self._on_first_data)

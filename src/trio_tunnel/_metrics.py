@@ -8,10 +8,30 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import attrs
 
 from ._protocol import ResetCode
+
+# Why a TCP connection to a listen port was refused (reset at once), as a metric label:
+#   no_client         server: no client is connected
+#   no_active_client  server: clients are connected but none is active (a close period)
+#   not_connected     client: no WebSocket to the server
+#   session_closed    the WebSocket session was closing when the connection came in
+#   stream_limit      the session already carries max_streams_per_session streams
+#   shutting_down     the process is stopping (draining) and takes no new streams
+#   other             anything else (a new reason not given a label of its own yet)
+ConnectionRefusal = Literal[
+    "no_client",
+    "no_active_client",
+    "not_connected",
+    "session_closed",
+    "stream_limit",
+    "shutting_down",
+    "other",
+]
+CONNECTION_REFUSAL_REASONS: tuple[ConnectionRefusal, ...] = get_args(ConnectionRefusal)
 
 
 @attrs.define
@@ -31,6 +51,8 @@ class Metrics:
     switches: Counter[str] = attrs.field(factory=Counter)  # reason -> count
     refused_peers: Counter[str] = attrs.field(factory=Counter)  # reason -> count
     stream_resets: Counter[str] = attrs.field(factory=Counter)  # reason kind -> count
+    # (tunnel, reason) -> TCP connections to a listen port refused
+    connections_refused: Counter[tuple[str, ConnectionRefusal]] = attrs.field(factory=Counter)
     reconnects: int = 0
     # Live values the owner provides: connected client ids, active id, connected (client).
     live: Callable[[], dict[str, object]] = attrs.field(default=lambda: {})
@@ -62,6 +84,12 @@ class Metrics:
 
     def refused(self, reason: str) -> None:
         self.refused_peers[reason] += 1
+
+    def connection_refused(self, tunnel: str, reason: ConnectionRefusal) -> None:
+        """A TCP connection to ``tunnel``'s listen port was refused for ``reason``."""
+        if reason not in CONNECTION_REFUSAL_REASONS:  # keep the label values few and known
+            reason = "other"
+        self.connections_refused[tunnel, reason] += 1
 
     def reconnected(self) -> None:
         self.reconnects += 1

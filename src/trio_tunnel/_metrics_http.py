@@ -1,11 +1,21 @@
-"""The metrics endpoint: ``GET /metrics`` (Prometheus text format 0.0.4) and ``GET /health``.
+"""The metrics endpoint: ``GET /metrics`` (Prometheus text format 0.0.4), ``/livez``,
+``/readyz`` and ``/health`` (the same as ``/readyz``).
 
 A deliberately small, exact HTTP/1.1 server. The protocol part is pure: ``parse_request``
 turns a request head into a ``Request`` or raises ``BadRequest`` with the status to answer,
-and ``respond`` turns a request into response bytes. The I/O shell reads one request head
-(bounded in size and time), answers, and closes; a bounded number of connections is served
-at once and the next one is answered 503 at once, so a flood or slow clients cannot pile up
-tasks. A failure while answering is logged and contained to its connection.
+and ``respond`` turns a request into response bytes. The I/O shell reads one request head,
+answers, and closes (no keep-alive).
+
+Nothing can starve it (a monitor that cannot read /readyz restarts a healthy tunnel):
+- a connection must deliver its whole request head within ``REQUEST_TIMEOUT_SECS`` (2 s) of
+  being accepted, and is closed silently otherwise: a scraper sends its head at once, and 2 s
+  still allows one lost packet's retransmission (the initial TCP retransmit timeout is 1 s);
+- at most ``MAX_CONNECTIONS`` (64) are served at once; when a new one arrives at the cap,
+  the *oldest idle* connection (still waiting for its head, or lingering after its answer) is
+  closed to make room, so holding connections open cannot lock out the newest request; only
+  when every slot is busy writing an answer is the newcomer answered 503 at once;
+- writing the answer is bounded too (``ANSWER_TIMEOUT_SECS``), for a client that never reads.
+A failure while answering is logged and contained to its connection.
 """
 
 from __future__ import annotations
@@ -24,7 +34,14 @@ import attrs
 import trio
 
 from ._config import Config, MetricsSettings
-from ._metrics import REFUSAL_REASONS, RESET_KINDS, SWITCH_REASONS, Metrics
+from ._metrics import (
+    CONNECTION_REFUSAL_REASONS,
+    REFUSAL_REASONS,
+    RESET_KINDS,
+    SWITCH_REASONS,
+    Metrics,
+)
+from ._process import ProcessSample, sample_process
 
 __all__ = [
     "BadRequest",
@@ -32,7 +49,9 @@ __all__ = [
     "MetricsSource",
     "Request",
     "health",
+    "liveness",
     "parse_request",
+    "readiness",
     "render_metrics",
     "respond",
     "serve_metrics",
@@ -41,8 +60,9 @@ __all__ = [
 log = logging.getLogger("trio_tunnel.metrics")
 
 MAX_HEAD_BYTES: Final = 8192
-REQUEST_TIMEOUT_SECS: Final = 5.0
-MAX_CONNECTIONS: Final = 16
+REQUEST_TIMEOUT_SECS: Final = 2.0  # from accept to the end of the request head
+ANSWER_TIMEOUT_SECS: Final = 10.0  # to hand the answer to a client that reads slowly
+MAX_CONNECTIONS: Final = 64
 # After answering a request we stopped reading mid-way, keep reading (and discarding) a little
 # before closing: closing with unread data makes the kernel send a reset, which can destroy
 # the answer before the client has read it.
@@ -51,7 +71,7 @@ LINGER_BYTES: Final = 64 * 1024
 
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE: Final = "application/json"
-ROUTES: Final = ("/metrics", "/health")
+ROUTES: Final = ("/metrics", "/health", "/readyz", "/livez")
 ALLOWED_METHODS: Final = ("GET", "HEAD")
 
 
@@ -88,7 +108,7 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-_Sample = tuple[dict[str, str], int]
+_Sample = tuple[dict[str, str], int | float]
 
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[_Sample]) -> Iterator[str]:
@@ -100,6 +120,31 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[_Sample]) ->
             yield f"{name}{{{pairs}}} {value}"
         else:
             yield f"{name} {value}"
+
+
+def _process_families(sample: ProcessSample) -> Iterator[str]:
+    """The standard process metrics; a figure the platform does not give is left out."""
+    yield from _family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        [({}, round(sample.cpu_seconds, 6))],
+    )
+    optional: list[tuple[str, str, int | None]] = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", sample.resident_bytes),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", sample.virtual_bytes),
+        ("process_open_fds", "Number of open file descriptors.", sample.open_fds),
+        ("process_max_fds", "Maximum number of open file descriptors.", sample.max_fds),
+    ]
+    for name, help_text, figure in optional:
+        if figure is not None:
+            yield from _family(name, "gauge", help_text, [({}, figure)])
+    yield from _family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        [({}, round(sample.start_time, 2))],
+    )
 
 
 def _by_label(label: str, counts: dict[str, int], known: Iterable[str]) -> list[_Sample]:
@@ -204,29 +249,59 @@ def render_metrics(metrics: Metrics, tunnels: Iterable[str] = ()) -> str:
         "Tunnel streams ended by a reset, by reason.",
         _by_label("reason", dict(metrics.stream_resets), RESET_KINDS),
     )
+    refused_tunnels = sorted(set(names) | {tunnel for tunnel, _ in metrics.connections_refused})
+    lines += _family(
+        "trio_tunnel_connections_refused_total",
+        "counter",
+        "TCP connections to a listen port refused (reset at once), by tunnel and reason.",
+        [
+            ({"tunnel": tunnel, "reason": reason}, metrics.connections_refused[tunnel, reason])
+            for tunnel in refused_tunnels
+            for reason in CONNECTION_REFUSAL_REASONS
+        ],
+    )
+    lines += _process_families(sample_process())
     return "\n".join(lines) + "\n"
 
 
-def health(metrics: Metrics) -> tuple[int, dict[str, object]]:
-    """(HTTP status, JSON document): 200 while serving (a client: while connected), else 503."""
+def readiness(metrics: Metrics) -> tuple[int, dict[str, object]]:
+    """(HTTP status, JSON document) for ``/readyz`` and ``/health``: 200 while this process can
+    carry streams, else 503. A server is ready while an active client is connected; a client
+    while it is connected to the server (as the active client or the standby)."""
     live = metrics.live()
     if metrics.role == "server":
         active = _int(live.get("active_client"))
-        return 200, {
-            "status": "ok",
+        connected = _int(live.get("connected_clients"))
+        status = "ok" if active else ("no_active_client" if connected else "no_client")
+        return (200 if active else 503), {
+            "status": status,
+            "ready": bool(active),
             "role": "server",
-            "connected_clients": _int(live.get("connected_clients")),
+            "connected_clients": connected,
             "active_client": active or None,
         }
-    connected = bool(live.get("connected"))
+    connected_to_server = bool(live.get("connected"))
     document: dict[str, object] = {
-        "status": "ok" if connected else "disconnected",
+        "status": "ok" if connected_to_server else "disconnected",
+        "ready": connected_to_server,
         "role": "client",
         "client_id": live.get("client_id"),
-        "connected": connected,
+        "connected": connected_to_server,
         "active": bool(live.get("active")),
     }
-    return (200 if connected else 503), document
+    return (200 if connected_to_server else 503), document
+
+
+health = readiness  # /health is /readyz, kept for the configs and probes that use it
+
+
+def liveness(metrics: Metrics) -> tuple[int, dict[str, object]]:
+    """(200, JSON document) for ``/livez``: answered at all means the event loop is running.
+
+    Never 503 because of the far side: a liveness probe that restarts a process whose peer is
+    down (both clients, during a server outage) turns one outage into a restart loop.
+    """
+    return 200, {"status": "alive", "role": metrics.role}
 
 
 # --- HTTP/1.1, sans I/O ---------------------------------------------------------------------
@@ -343,7 +418,7 @@ def respond(request: Request, source: MetricsSource) -> bytes:
     if request.path == "/metrics":
         text = render_metrics(metrics, _configured_tunnels(source))
         return _response(200, text.encode(), PROMETHEUS_CONTENT_TYPE, head_only=head_only)
-    status, document = health(metrics)
+    status, document = liveness(metrics) if request.path == "/livez" else readiness(metrics)
     body = (json.dumps(document) + "\n").encode()
     return _response(status, body, JSON_CONTENT_TYPE, head_only=head_only)
 
@@ -351,42 +426,80 @@ def respond(request: Request, source: MetricsSource) -> bytes:
 # --- the I/O shell --------------------------------------------------------------------------
 
 
+@attrs.define(eq=False)
+class _Slot:
+    """One connection being served; ``idle`` while it waits for its head or lingers."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    idle: bool = True
+
+
 @attrs.define
 class _Endpoint:
     source: MetricsSource
     max_connections: int
     request_timeout: float
-    connections: int = 0
+    # Connections being served, oldest first (dicts keep insertion order).
+    slots: dict[_Slot, None] = attrs.field(factory=dict)
+    evicted: int = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self.slots)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self.connections >= self.max_connections:
+            if len(self.slots) >= self.max_connections and not self._evict_oldest_idle():
                 with trio.move_on_after(self.request_timeout):
                     await _send_quietly(
                         stream,
                         error_response(503, "too many connections", extra=[("Retry-After", "1")]),
                     )
                 return
-            self.connections += 1
+            slot = _Slot()
+            self.slots[slot] = None
             try:
-                await self._converse(stream)
+                with slot.scope:
+                    await self._converse(stream, slot)
             finally:
-                self.connections -= 1
+                self.slots.pop(slot, None)
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
+    def _evict_oldest_idle(self) -> bool:
+        """Close the oldest idle connection to make room; False if every one is busy."""
+        oldest = next((slot for slot in self.slots if slot.idle), None)
+        if oldest is None:
+            return False
+        del self.slots[oldest]  # its slot is free now; its task ends at its next checkpoint
+        oldest.scope.cancel()
+        self.evicted += 1
+        if self.evicted == 1 or self.evicted % 1000 == 0:
+            log.warning(
+                "metrics endpoint full (%d connections): closed the oldest idle one"
+                " (%d so far; a client holding connections open?)",
+                self.max_connections,
+                self.evicted,
+            )
+        return True
+
+    async def _converse(self, stream: trio.SocketStream, slot: _Slot) -> None:
         linger = False
+        response: bytes | None = None
         with trio.move_on_after(self.request_timeout):
             try:
                 head, rest = await _read_head(stream)
             except BadRequest as exc:
                 log.debug("bad request from %s: %s", _peer(stream), exc.why)
-                await _send_quietly(stream, error_response(exc.status, exc.why))
-                linger = True
+                response, linger = error_response(exc.status, exc.why), True
             except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
                 return
             else:
                 response, linger = self._answer(stream, head, rest)
-                await _send_quietly(stream, response)
+        if response is None:
+            return  # no whole head in time: close without a word (a slow or idle client)
+        slot.idle = False
+        with trio.move_on_after(ANSWER_TIMEOUT_SECS):
+            await _send_quietly(stream, response)
+        slot.idle = True
         if linger:
             await _linger(stream)
 
@@ -457,7 +570,8 @@ async def serve_metrics(
     request_timeout: float = REQUEST_TIMEOUT_SECS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``GET /metrics`` and ``GET /health`` for ``source`` until cancelled.
+    """Serve ``GET /metrics``, ``/livez``, ``/readyz`` and ``/health`` for ``source`` until
+    cancelled.
 
     ``source`` is a running ``Server`` or ``Client`` (or just its ``Metrics``). Use with
     ``nursery.start``: it reports the bound port (useful with port 0).

@@ -182,7 +182,12 @@ class Server:
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         client = self._clients.get(self._active) if self._active is not None else None
         if client is None:
-            log.warning("tunnel %s: connection refused: no client is connected", tunnel)
+            if self._clients:
+                log.warning("tunnel %s: connection refused: no client is active", tunnel)
+                self.metrics.connection_refused(tunnel, "no_active_client")
+            else:
+                log.warning("tunnel %s: connection refused: no client is connected", tunnel)
+                self.metrics.connection_refused(tunnel, "no_client")
             reset_tcp(tcp)
             return
         client.session.open_stream(tunnel, tcp, epoch=self._epoch)

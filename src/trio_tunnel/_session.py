@@ -165,6 +165,9 @@ class Session:
                 else f"{self.conn.stream_count} streams open (max_streams_per_session)"
             )
             log.warning("%s: tunnel %s from %s refused: %s", self.name, tunnel, peer, why)
+            self.metrics.connection_refused(
+                tunnel, "session_closed" if why == "session closed" else "stream_limit"
+            )
             reset_tcp(tcp)
             return None
         stream_id, frame = opened

@@ -2,7 +2,8 @@
 
 It reads the process's ``[metrics]`` endpoint: ``/metrics`` twice, ``--interval`` seconds
 apart (throughput per tunnel is the difference over the time between them), then ``/health``.
-Exit status: 0 healthy, 1 unhealthy (a client that is not connected), 2 unreachable.
+Exit status: 0 healthy (ready), 1 unhealthy (a server without an active client, a client not
+connected to the server), 2 unreachable.
 """
 
 from __future__ import annotations
@@ -279,4 +280,40 @@ def summary(document: dict[str, object], first: _Sample, second: _Sample | None)
         reconnects = _value(values, "trio_tunnel_websocket_reconnects_total")
         lines.append(f"websocket reconnects: {reconnects:g}")
     lines.append(f"stream resets: {_counts(values, 'trio_tunnel_stream_resets_total', 'reason')}")
+    lines.append(f"refused connections: {_refusals(values)}")
+    lines.append(f"process: {_process(values)}")
     return lines
+
+
+def _refusals(values: Samples) -> str:
+    counts: dict[str, float] = {}
+    for labels, count in values.get("trio_tunnel_connections_refused_total", {}).items():
+        label = dict(labels)
+        if count:
+            counts[f"{label.get('tunnel', '')} {label.get('reason', '')}"] = count
+    return ", ".join(f"{key} {count:g}" for key, count in sorted(counts.items())) or "none"
+
+
+def _process(values: Samples) -> str:
+    parts = []
+    start = _value(values, "process_start_time_seconds")
+    if start:
+        parts.append(f"up {_duration(time.time() - start)}")
+    parts.append(f"cpu {_value(values, 'process_cpu_seconds_total'):.1f} s")
+    if "process_resident_memory_bytes" in values:
+        parts.append(f"memory {human_bytes(_value(values, 'process_resident_memory_bytes'))}")
+    if "process_open_fds" in values:
+        parts.append(f"open files {_value(values, 'process_open_fds'):g}")
+    return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"

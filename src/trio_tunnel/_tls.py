@@ -12,39 +12,113 @@ refused peer is logged once with its address and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import ssl
-from collections.abc import Callable, Collection
+import sys
+import tempfile
+from collections.abc import Callable, Collection, Iterable
 
 import trio
 
+from . import _pem
 from ._peer import PeerStream, peer_address
 
 log = logging.getLogger("trio_tunnel.tls")
 
-_PEM_CERT = "-----BEGIN CERTIFICATE-----"
+
+def _log_notes(path: str, notes: Iterable[_pem.Note]) -> None:
+    for note in notes:
+        log.log(logging.WARNING if note.warning else logging.INFO, "%s: %s", path, note)
 
 
 def load_pins(path: str) -> frozenset[bytes]:
-    """SHA-256 digests of every certificate in a PEM file; ``ValueError`` if there is none."""
-    with open(path, encoding="ascii", errors="replace") as file:
-        text = file.read()
-    digests = set()
-    for block in text.split(_PEM_CERT)[1:]:
-        pem = (
-            _PEM_CERT
-            + block.split("-----END CERTIFICATE-----")[0]
-            + ("-----END CERTIFICATE-----\n")
-        )
+    """SHA-256 digests of every certificate in a PEM file; ``ValueError`` if there is none.
+
+    Private keys in the file are ignored (with a log line): a bundle reused as a pin file works.
+    """
+    trusted = _pem.load_trusted(path)
+    _log_notes(path, trusted.notes)
+    return frozenset(hashlib.sha256(der).digest() for der in trusted.der_certs())
+
+
+def load_bundle_into(context: ssl.SSLContext, path: str, *, log_notes: bool = True) -> _pem.Bundle:
+    """Load a key-and-certificates bundle whose PEM blocks may come in any order.
+
+    The ssl module reads a chain only from a file, in the order leaf, chain: the ordered copy
+    goes to a private file that is gone again before this returns (an anonymous memory file
+    on Linux, so the key never touches a disk; elsewhere a mode-0600 temporary file).
+    """
+    try:
+        bundle = _pem.load_bundle(path)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+    if log_notes:
+        _log_notes(path, bundle.notes)
+    data = bundle.pem()
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and sys.platform == "linux" and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("trio-tunnel-bundle", os.MFD_CLOEXEC)
         try:
-            der = ssl.PEM_cert_to_DER_cert(pem)
-        except ValueError as exc:
-            raise ValueError(f"malformed certificate: {exc}") from None
-        digests.add(hashlib.sha256(der).digest())
-    if not digests:
-        raise ValueError("no PEM certificate found")
-    return frozenset(digests)
+            with os.fdopen(os.dup(fd), "wb") as file:  # write it all, however large
+                file.write(data)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return bundle
+    fd, temporary = tempfile.mkstemp(prefix="trio-tunnel-", suffix=".pem")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        context.load_cert_chain(temporary)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    return bundle
+
+
+def load_trusted_ca_into(context: ssl.SSLContext, path: str) -> None:
+    """Trust the CA certificates of ``path``; keys and other blocks in it are ignored."""
+    context.load_verify_locations(cadata=_trusted_pem(path))
+
+
+def _trusted_pem(path: str) -> str:
+    try:
+        trusted = _pem.load_trusted(path)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+    _log_notes(path, trusted.notes)
+    return trusted.pem()
+
+
+def check_bundle(path: str) -> list[str]:
+    """Validate a ``tls_bundle`` file for the config step, loading it as a run would.
+
+    Raises ``ValueError`` with a message naming the file when it cannot work (no key, several
+    keys, an encrypted key, no certificate matching the key, a broken block, a key type
+    OpenSSL refuses); otherwise returns notes (blocks reordered or ignored) for ``check``.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        bundle = load_bundle_into(context, path, log_notes=False)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{path!r}: {getattr(exc, 'reason', None) or exc}") from None
+    return [str(note) for note in bundle.notes]
+
+
+def check_trusted(path: str) -> list[str]:
+    """Validate a ``trusted_ca`` or ``trusted_peers`` file: ``ValueError`` naming the file, or
+    notes (private keys or other blocks in it that are ignored) for ``check``."""
+    try:
+        trusted = _pem.load_trusted(path)
+        ssl.create_default_context(cadata=trusted.pem())
+    except ssl.SSLError as exc:
+        raise ValueError(f"{path!r}: {getattr(exc, 'reason', None) or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+    return [str(note) for note in trusted.notes]
 
 
 def _pinning(context: ssl.SSLContext, pins: Collection[bytes]) -> None:
@@ -67,11 +141,11 @@ def server_context(
 ) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls_bundle)
+    load_bundle_into(context, tls_bundle)
     if mutual_tls:
         assert trusted_ca is not None  # checked with the config
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=trusted_ca)
+        load_trusted_ca_into(context, trusted_ca)
         if trusted_peers is not None:
             _pinning(context, load_pins(trusted_peers))
     return context
@@ -85,11 +159,14 @@ def client_context(
     mutual_tls: bool,
 ) -> ssl.SSLContext:
     """Verifies the server's chain and host name (always), pins it if asked."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=trusted_ca)
+    cadata = None
+    if trusted_ca is not None:  # then only these CAs, not the system's
+        cadata = _trusted_pem(trusted_ca)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if mutual_tls:
         assert tls_bundle is not None  # checked with the config
-        context.load_cert_chain(tls_bundle)
+        load_bundle_into(context, tls_bundle)
     if trusted_peers is not None:
         _pinning(context, load_pins(trusted_peers))
     return context

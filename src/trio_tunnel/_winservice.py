@@ -77,7 +77,7 @@ class TunnelRunner:
 
     ``run()`` blocks in ``trio.run``; ``stop()`` may be called from any other thread at any
     time, before, during or after ``run()``, any number of times. ``started`` is set once the
-    server or client is up (its ports bound).
+    server or client is up (its ports bound, the ``[metrics]`` endpoint too if configured).
     """
 
     def __init__(self, config: Config) -> None:
@@ -118,13 +118,17 @@ class TunnelRunner:
 
 async def _serve(config: Config, started: threading.Event) -> None:
     from ._client import serve_client
+    from ._metrics_http import serve_metrics
     from ._server import serve_server
 
     async with trio.open_nursery() as nursery:
+        running: Any
         if config.is_server:
-            await nursery.start(serve_server, config)
+            running = await nursery.start(serve_server, config)
         else:
-            await nursery.start(serve_client, config)
+            running = await nursery.start(serve_client, config)
+        if config.metrics.listen is not None:  # as `trio-tunnel run` does
+            await nursery.start(serve_metrics, config.metrics, running)
         started.set()
         await trio.sleep_forever()
 
