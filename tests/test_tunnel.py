@@ -292,3 +292,41 @@ def test_public_api_exports() -> None:
         "ConfigError",
     ):
         assert hasattr(tt, name)
+
+
+async def test_library_streams_need_no_local_socket(nursery: trio.Nursery) -> None:
+    """Server.open_stream and Client.open_stream carry a stream to the far connect entry
+    without a listen socket; with no client active the server refuses with a typed reset."""
+    echo = await start_service(nursery, echo_handler)
+    with trio.fail_after(30):
+        async with open_rig(
+            server_config(connect={"echo": echo}), [client_config(1, 0, connect={"echo": echo})]
+        ) as rig:
+            for opener in (rig.server, rig.clients[1]):
+                stream = opener.open_stream("echo")
+                payload = os.urandom(3 * 1024 * 1024)
+                received = bytearray()
+
+                async def send(stream: tt.AppStream = stream, payload: bytes = payload) -> None:
+                    await stream.send_all(payload)
+                    await stream.send_eof()
+
+                async def receive(
+                    stream: tt.AppStream = stream, received: bytearray = received
+                ) -> None:
+                    while chunk := await stream.receive_some():
+                        received.extend(chunk)
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(send)
+                    inner.start_soon(receive)
+                assert received == payload
+                await stream.aclose()
+    async with tt.open_server(server_config(connect={"echo": echo})) as lonely:
+        try:
+            lonely.open_stream("echo")
+        except trio.BrokenResourceError as exc:
+            assert isinstance(exc.__cause__, tt.StreamReset)
+            assert exc.__cause__.code is tt.ResetCode.REFUSED
+        else:
+            raise AssertionError("opened a stream with no client connected")

@@ -31,10 +31,12 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StreamReset as StreamReset
 from ._errors import TunnelError as TunnelError
 from ._metrics_http import serve_metrics as serve_metrics
+from ._protocol import ResetCode as ResetCode
 from ._server import ClientInfo as ClientInfo
 from ._server import Server as Server
 from ._server import ServerState as ServerState
 from ._server import open_server as open_server
 from ._server import serve_server as serve_server
+from ._stream import AppStream as AppStream
 
 __version__ = "0.1.0"

@@ -17,14 +17,14 @@ import trio_websocket
 
 from . import _ws
 from ._config import Config, Listen, read_token
-from ._errors import HandshakeError, RemoteProtocolError
+from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import client_handshake
 from ._listen import ListenerSet
 from ._metrics import Metrics
 from ._protocol import ResetCode
 from ._reload import reload_tunnels as _reload_tunnels
 from ._session import Refusal, Session, SessionSettings
-from ._stream import TunnelStream, reset_tcp
+from ._stream import AppStream, TunnelStream, reset_tcp
 from ._tls import client_context, describe_tls_failure
 
 log = logging.getLogger("trio_tunnel.client")
@@ -325,6 +325,19 @@ class Client:
         self.config = _reload_tunnels(self.config, config, "client")
         self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
         self._notify()
+
+    def open_stream(self, tunnel: str) -> AppStream:
+        """A stream to the server's ``[[connect]]`` entry for ``tunnel``, driven by the
+        caller as a trio ``HalfCloseableStream`` (no local socket needed).
+
+        Raises ``trio.BrokenResourceError`` (its ``__cause__`` a :class:`StreamReset`) while
+        not connected or at the session's stream limit.
+        """
+        session = self._session
+        if session is None:
+            error = StreamReset(ResetCode.REFUSED, "not connected to the server", remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
+        return session.open_app_stream(tunnel, epoch=self.epoch)
 
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         session = self._session

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the codes live in the protocol core, which imports this module
+    from ._protocol import ResetCode
+
 
 class TunnelError(Exception):
     """Base of every error trio-tunnel raises on purpose."""
@@ -43,8 +48,16 @@ class HandshakeError(TunnelError):
 
 
 class StreamReset(TunnelError):
-    """A tunnel stream was reset; ``reason`` says why."""
+    """A tunnel stream was reset. ``code`` is the :class:`~trio_tunnel.ResetCode` saying why,
+    ``reason`` the text that came with it, ``remote`` whether the peer reset it.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    A stream used through the library API raises ``trio.BrokenResourceError`` with this as
+    its ``__cause__``.
+    """
+
+    def __init__(self, code: ResetCode, reason: str, *, remote: bool) -> None:
+        side = "by the peer" if remote else "here"
+        super().__init__(f"stream reset {side}: {code.label}: {reason}")
+        self.code = code
         self.reason = reason
+        self.remote = remote

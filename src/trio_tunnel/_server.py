@@ -21,14 +21,14 @@ import trio
 
 from . import _ws
 from ._config import Config, read_token
-from ._errors import HandshakeError, RemoteProtocolError
+from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import ListenerSet
 from ._metrics import Metrics
 from ._protocol import ResetCode
 from ._reload import reload_tunnels
 from ._session import Refusal, Session, SessionSettings
-from ._stream import reset_tcp
+from ._stream import AppStream, reset_tcp
 from ._tls import server_context
 
 log = logging.getLogger("trio_tunnel.server")
@@ -179,6 +179,19 @@ class Server:
         raise AssertionError("unreachable")
 
     # -- TCP side ------------------------------------------------------------------------
+    def open_stream(self, tunnel: str) -> AppStream:
+        """A stream through the active client to its ``[[connect]]`` entry for ``tunnel``,
+        driven by the caller as a trio ``HalfCloseableStream`` (no local socket needed).
+
+        Raises ``trio.BrokenResourceError`` (its ``__cause__`` a :class:`StreamReset`) when no
+        client is active or the session is at its stream limit.
+        """
+        client = self._clients.get(self._active) if self._active is not None else None
+        if client is None:
+            error = StreamReset(ResetCode.REFUSED, "no client is active", remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
+        return client.session.open_app_stream(tunnel, epoch=self._epoch)
+
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         client = self._clients.get(self._active) if self._active is not None else None
         if client is None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, StreamReset
 from ._metrics import Metrics
 from ._protocol import (
     CloseCode,
@@ -37,13 +37,16 @@ from ._protocol import (
     StreamRefused,
     StreamWasReset,
 )
-from ._stream import END_OF_STREAM, TunnelStream, reset_tcp, run_stream
+from ._stream import END_OF_STREAM, AppStream, TunnelStream, reset_tcp, run_stream
 from ._writer import Writer
 from ._ws import ConnectionClosed, WebSocket
 
 log = logging.getLogger("trio_tunnel.session")
 
 Refusal = tuple[ResetCode, str]
+# Where a stream the peer opened goes: a TCP address to connect to, a refusal, or a callable
+# that takes the stream as an application stream.
+Target = tuple[str, int] | Refusal | Callable[[AppStream], None]
 
 
 @attrs.frozen
@@ -59,8 +62,8 @@ class SessionSettings:
 class SessionOwner(Protocol):
     """What a session asks of the server or client that owns it."""
 
-    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
-        """Where to connect for a stream the peer opened, or the code and reason to refuse."""
+    def resolve_open(self, session: Session, tunnel: str, epoch: int) -> Target:
+        """Where a stream the peer opened goes (see :data:`Target`)."""
 
     def on_control(self, session: Session, message: dict[str, Any]) -> None:
         """A CONTROL message from the peer (failover state and requests)."""
@@ -114,6 +117,9 @@ class Session:
             self._nursery = None
             if self.closing_reason is None:
                 self.closing_reason = "closed"
+            # Task-driven streams ended with the nursery; application streams have no task.
+            for stream in list(self._streams.values()):
+                stream.mark_reset(ResetCode.SESSION_LOST, self.closing_reason, remote=False)
             self._owner.session_ended(self)
             await self.ws.aclose(self._close_code, self.closing_reason)
         return self.closing_reason or "closed"
@@ -179,8 +185,32 @@ class Session:
         self._nursery.start_soon(run_stream, self, stream, tcp, None, self.settings.connect_timeout)
         return stream
 
-    def _new_stream(self, stream_id: int, tunnel: str, peer: str) -> TunnelStream:
-        stream = TunnelStream(stream_id, tunnel, window=self.settings.window, peer=peer)
+    def open_app_stream(self, tunnel: str, *, epoch: int = 0) -> AppStream:
+        """A new stream to the peer's ``tunnel`` that the caller drives as a trio
+        ``HalfCloseableStream`` (no local TCP socket). Raises ``trio.BrokenResourceError``
+        (its cause a :class:`StreamReset`) when the session is closed or at its limit."""
+        opened = (
+            None if self._nursery is None or self.closed else self.conn.open_stream(tunnel, epoch)
+        )
+        if opened is None:
+            code = ResetCode.REFUSED if self._nursery is None or self.closed else ResetCode.LIMIT
+            reason = "session closed" if code is ResetCode.REFUSED else "too many streams"
+            error = StreamReset(code, reason, remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
+        stream_id, frame = opened
+        stream = self._new_stream(stream_id, tunnel, "application", app=True)
+        self.send_control_frame(frame)
+        assert isinstance(stream, AppStream)
+        return stream
+
+    def _new_stream(
+        self, stream_id: int, tunnel: str, peer: str, *, app: bool = False
+    ) -> TunnelStream:
+        stream = (
+            AppStream(self, stream_id, tunnel, window=self.settings.window)
+            if app
+            else TunnelStream(stream_id, tunnel, window=self.settings.window, peer=peer)
+        )
         stream.flow = self.conn.flow_of(stream_id)
         self._streams[stream_id] = stream
         self.streams_total += 1
@@ -276,7 +306,10 @@ class Session:
             if kind is DataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.inbound_send.send_nowait(event.payload)
+                    if stream.app_closed:  # like TCP: data after close is answered by a reset
+                        self.reset_stream(stream, ResetCode.CANCELLED, "data arrived after close")
+                    else:
+                        stream.inbound_send.send_nowait(event.payload)
             elif kind is CreditGranted:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -284,7 +317,10 @@ class Session:
             elif kind is EndReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.inbound_send.send_nowait(END_OF_STREAM)
+                    if not stream.app_closed:
+                        stream.inbound_send.send_nowait(END_OF_STREAM)
+                    if isinstance(stream, AppStream):
+                        stream.finish_if_done()
             elif kind is StreamWasReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -347,12 +383,17 @@ class Session:
     def _on_open(self, event: StreamOpened) -> None:
         stream_id, tunnel = event.stream_id, event.tunnel
         target = self._owner.resolve_open(self, tunnel, event.epoch)
-        if isinstance(target[0], ResetCode):
+        if not callable(target) and isinstance(target[0], ResetCode):
             code, reason = target
             log.warning("%s: stream %d tunnel %r refused: %s", self.name, stream_id, tunnel, reason)
             frame = self.conn.refuse(stream_id, code, str(reason))
             if frame is not None:
                 self.send_control_frame(frame)
+            return
+        if callable(target):  # the owner takes the stream itself, as an application stream
+            stream = self._new_stream(stream_id, tunnel, "application", app=True)
+            assert isinstance(stream, AppStream)
+            target(stream)
             return
         host, port = target
         assert self._nursery is not None

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ._errors import StreamReset
 from ._protocol import FRAME_COST, Connection, ResetCode, StreamFlow
 from ._writer import StreamSlot, Writer
 
@@ -88,6 +89,7 @@ class TunnelStream:
         self.bytes_in = 0  # tunnel -> TCP
         self.opened_at = trio.current_time()
         self.flow: StreamFlow | None = None  # the core's counters, for inspection only
+        self.app_closed = False  # an application stream closed by its application
 
     def __repr__(self) -> str:
         return f"<stream {self.id} tunnel {self.tunnel!r}>"
@@ -100,7 +102,11 @@ class TunnelStream:
         self.reset_reason = reason
         self.reset_remote = remote
         self.cancel_scope.cancel()
+        self.on_reset()
         return True
+
+    def on_reset(self) -> None:
+        """What else a reset must do (the task-driven stream: nothing, its task ends)."""
 
 
 def _arm_reset(tcp: trio.SocketStream) -> None:
@@ -305,3 +311,202 @@ def _log_close(stream: TunnelStream) -> None:
             stream.bytes_in,
             duration,
         )
+
+
+class AppStream(TunnelStream, trio.abc.HalfCloseableStream):
+    """A tunnel stream the application drives itself, as a trio ``HalfCloseableStream``.
+
+    No TCP socket and no task: ``send_all`` sends DATA under the peer's credit, ``send_eof``
+    ends our direction, ``receive_some`` returns what the peer sent and grants the credit
+    back, and returns ``b""`` after the peer's EOF. A reset, by either side, makes every
+    later call raise ``trio.BrokenResourceError`` whose cause is :class:`~._errors.StreamReset`.
+    ``aclose`` behaves like closing a TCP socket: our direction ends with an EOF if it can
+    (the frames already queued go first), but unread data, data arriving afterwards, or a
+    cancelled close resets the stream.
+    """
+
+    def __init__(self, host: StreamHost, stream_id: int, tunnel: str, *, window: int) -> None:
+        super().__init__(stream_id, tunnel, window=window, peer="application")
+        self._host = host
+        self._pending = b""  # the rest of a payload a short receive_some did not take
+        self._frame_length = 0  # the whole payload _pending came from
+        self._eof_received = False
+        self._eof_sent = False
+        self._sending = False
+        self._receiving = False
+
+    # -- errors ----------------------------------------------------------------------------
+    def _check_send(self) -> None:
+        if self.app_closed or self._eof_sent:
+            raise trio.ClosedResourceError("the stream is closed for sending")
+        self._check_reset()
+
+    def _check_reset(self) -> None:
+        if self.reset_code is not None:
+            error = StreamReset(self.reset_code, self.reset_reason or "", remote=self.reset_remote)
+            raise trio.BrokenResourceError(str(error)) from error
+
+    def on_reset(self) -> None:
+        """The stream was reset: wake every task waiting on it, and leave the session."""
+        self.inbound_send.close()
+        self.credit.unpark_all()
+        if not self.done.is_set():
+            self._host.forget_stream(self)
+            self.done.set()
+
+    # -- sending ---------------------------------------------------------------------------
+    async def _wait_credit(self) -> int:
+        conn = self._host.conn
+        while (sendable := conn.sendable(self.id)) <= 0:
+            self._check_send()
+            await self.credit.park()
+        return sendable
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            self._check_send()
+            view = memoryview(data).cast("B")
+            host = self._host
+            if not view:
+                await trio.lowlevel.checkpoint()
+                return
+            while view:
+                sendable = await self._wait_credit()
+                await host.writer.reserve(self.slot)
+                try:
+                    self._check_send()
+                except BaseException:
+                    host.writer.unreserve(self.slot)
+                    raise
+                chunk = bytes(view[: min(sendable, CHUNK_BYTES)])  # the caller may reuse data
+                header = host.conn.send_data(self.id, chunk)
+                assert header is not None
+                host.writer.submit(self.slot, header, chunk)
+                self.bytes_out += len(chunk)
+                view = view[len(chunk) :]
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            self._check_send()
+            await self._wait_credit()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._eof_sent or self.app_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._check_reset()
+        self._sending = True
+        try:
+            await self._host.writer.reserve(self.slot)
+            self._submit_eof()
+        finally:
+            self._sending = False
+
+    def _submit_eof(self) -> None:
+        """Queue the EOF under a reservation already taken."""
+        self._eof_sent = True
+        frame = self._host.conn.send_eof(self.id)
+        if frame is None:
+            self._host.writer.unreserve(self.slot)
+        else:
+            self._host.writer.submit(self.slot, frame)
+        self.finish_if_done()
+
+    # -- receiving -------------------------------------------------------------------------
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            if not isinstance(max_bytes, int):
+                raise TypeError("max_bytes must be an integer or None")
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            if self.app_closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            self._check_reset()
+            if not self._pending and not self._eof_received:
+                try:
+                    item = await self.inbound_receive.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    self._check_reset()
+                    raise trio.ClosedResourceError("the stream is closed") from None
+                if isinstance(item, _EndOfStream):
+                    self._eof_received = True
+                    self.finish_if_done()
+                else:
+                    self._pending = bytes(item)
+                    self._frame_length = len(item)
+            else:
+                await trio.lowlevel.checkpoint()
+            if self._eof_received and not self._pending:
+                return b""
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            self.bytes_in += len(data)
+            if not self._pending:
+                # Credit is counted per frame (payload plus FRAME_COST): give it back once
+                # the whole frame was taken, however many reads that took.
+                grant = self._host.conn.consumed(self.id, self._frame_length)
+                if grant is not None:
+                    self._host.send_control_frame(grant)
+            return data
+        finally:
+            self._receiving = False
+
+    def on_data_after_close(self) -> bool:
+        """Data arrived after ``aclose``: like TCP, answer with a reset."""
+        if self.app_closed and self.reset_code is None:
+            self._host.reset_stream(self, ResetCode.CANCELLED, "data arrived after close")
+            return True
+        return False
+
+    # -- closing ---------------------------------------------------------------------------
+    def finish_if_done(self) -> None:
+        if self._host.conn.state_of(self.id) is None and not self.done.is_set():
+            self._host.forget_stream(self)
+            self.done.set()
+
+    async def aclose(self) -> None:
+        if self.app_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self.app_closed = True
+        host = self._host
+        unread = self._pending or self.inbound_receive.statistics().current_buffer_used
+        self.inbound_receive.close()  # a task blocked in receive_some gets ClosedResourceError
+        if self.reset_code is None and unread and not self._eof_received:
+            host.reset_stream(self, ResetCode.CANCELLED, "closed with unread data")
+        elif self.reset_code is None and not self._eof_sent:
+            try:
+                if not host.writer.try_reserve(self.slot):
+                    with trio.fail_after(CLOSE_TIMEOUT_SECS):
+                        await host.writer.reserve(self.slot)
+            except trio.TooSlowError:
+                host.reset_stream(self, ResetCode.CANCELLED, "close timed out")
+            except BaseException:
+                # Cancelled: the EOF cannot go, so the close is a reset; the stream is
+                # released all the same, then the cancellation goes on.
+                host.reset_stream(self, ResetCode.CANCELLED, "close cancelled")
+                raise
+            else:
+                self._submit_eof()
+        self.finish_if_done()
+        await trio.lowlevel.checkpoint()
+
+
+CLOSE_TIMEOUT_SECS = 5.0

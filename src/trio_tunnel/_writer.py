@@ -61,6 +61,14 @@ class Writer:
         """
         await slot._free.acquire()
 
+    def try_reserve(self, slot: StreamSlot) -> bool:
+        """Reserve without waiting; ``False`` if the stream's previous frame is still queued."""
+        try:
+            slot._free.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
     def unreserve(self, slot: StreamSlot) -> None:
         """Give back a reservation that will not be used."""
         slot._free.release()
