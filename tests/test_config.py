@@ -680,3 +680,49 @@ def test_describe_client() -> None:
     assert "tunnel web: accept TCP on 127.0.0.1:8080" in text
     assert "tunnel ssh: open TCP to 127.0.0.1:22" in text
     assert "level INFO" in text
+
+
+# --- [logging] levels and format ------------------------------------------------------------
+
+
+def test_logging_levels_and_format() -> None:
+    text = (
+        'role = "server"\n[websocket]\nurl = "ws://127.0.0.1:8080"\n[logging]\n'
+        'levels = { "trio_tunnel.stream" = "warning", trio_websocket = "DEBUG" }\n'
+        'format = "JSON"\n'
+    )
+    settings = parse_config(tomllib.loads(text)).logging
+    assert dict(settings.levels) == {"trio_tunnel.stream": "WARNING", "trio_websocket": "DEBUG"}
+    assert settings.levels["trio_tunnel.stream"] == "WARNING"
+    assert settings.format == "json"
+    # Frozen and hashable like the rest of the config, and equal to an equal plain dict.
+    assert hash(settings) == hash(parse_config(tomllib.loads(text)).logging)
+    assert settings.levels == {"trio_tunnel.stream": "WARNING", "trio_websocket": "DEBUG"}
+    assert LoggingSettings(levels={"a": "info"}).levels == {"a": "INFO"}
+    defaults = LoggingSettings()
+    assert (dict(defaults.levels), defaults.format) == ({}, "text")
+    assert "levels of single loggers: trio_tunnel.stream WARNING" in describe_config(
+        parse_config(tomllib.loads(text))
+    )
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ({"trio_tunnel.stream": "loud"}, "logging.levels.'trio_tunnel.stream': must be one of"),
+        ({"trio_tunnel": {"stream": "INFO"}}, "logging.levels.trio_tunnel: expected a level"),
+        ({"x": 10}, "logging.levels.x: expected a string (got the integer 10)"),
+        ({"": "INFO"}, "logging.levels: expected a logger name"),
+        ("INFO", "logging.levels: expected a table of logger name = level"),
+    ],
+)
+def test_bad_logging_levels_name_the_logger(levels: object, expected: str) -> None:
+    [line] = config_error(with_changes(SERVER, logging={"levels": levels})).splitlines()
+    assert line.startswith(f"x.toml: {expected}"), line
+
+
+def test_bad_logging_format() -> None:
+    [line] = config_error(with_changes(SERVER, logging={"format": "xml"})).splitlines()
+    assert line == "x.toml: logging.format: must be one of 'text', 'json' (got 'xml')"
+    with pytest.raises(ConfigError, match=r"^format: expected a string"):
+        LoggingSettings(format=1)  # type: ignore[arg-type]

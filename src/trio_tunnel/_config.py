@@ -23,7 +23,7 @@ import re
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime, time
 from logging.handlers import SysLogHandler
 from typing import Any, Final, TypeGuard, cast, get_args, get_origin
@@ -71,12 +71,16 @@ MAX_WINDOW_BYTES: Final = 16 * 1024 * 1024
 MAX_STREAMS_LIMIT: Final = 1_000_000
 MAX_TUNNEL_NAME: Final = 64
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS: Final = ("text", "json")
 DEFAULT_DAYS_TO_KEEP: Final = 14
 MAX_DAYS_TO_KEEP: Final = 3650
 DEFAULT_SYSLOG_PORT: Final = 514
 DEFAULT_SYSLOG_FACILITY: Final = "user"
 
 _CHECK: Final = "trio_tunnel.check"
+# Metadata key of a check on a table-valued field: it yields (key path, problem) pairs, so a
+# problem names the key inside the table (``logging.levels.'trio_tunnel.stream'``).
+_CHECK_ITEMS: Final = "trio_tunnel.check_items"
 _TUNNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 # Lenient on underscores (they occur in /etc/hosts and internal DNS), strict on the rest.
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -275,6 +279,86 @@ def _log_level(value: object) -> str | None:
     return None
 
 
+def _as_upper(value: str) -> str:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _as_lower(value: str) -> str:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _log_format(value: object) -> str | None:
+    if not isinstance(value, str):
+        return _string(value)
+    if value not in LOG_FORMATS:
+        return f"must be one of {', '.join(map(repr, LOG_FORMATS))} (got {value!r})"
+    return None
+
+
+class FrozenLevels(Mapping[str, str]):
+    """An immutable, hashable mapping of logger name to level (``[logging] levels``).
+
+    Frozen config classes are hashable, so a plain dict (or a ``MappingProxyType``) will not do.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items: dict[str, str] = dict(pairs)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenLevels({self._items!r})"
+
+
+def _as_levels(value: object) -> object:
+    """A table of logger name -> level becomes FrozenLevels, levels upper-cased; anything
+    else is left for the check to report."""
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return FrozenLevels({key: _as_upper(level) for key, level in value.items()})
+    return value
+
+
+def _log_levels(value: object) -> Iterable[_Problem]:
+    if not isinstance(value, Mapping):
+        yield (), f"expected a table of logger name = level (got {_show(value)})"
+        return
+    for name, level in value.items():
+        if not isinstance(name, str) or not name or name != name.strip():
+            yield (), f"expected a logger name such as 'trio_tunnel.stream' (got {name!r})"
+            continue
+        if isinstance(level, Mapping):
+            # TOML reads an unquoted trio_tunnel.stream = "..." as nested tables.
+            yield (
+                (name,),
+                (
+                    "expected a level (got a table): quote dotted logger names, as"
+                    ' levels = { "trio_tunnel.stream" = "WARNING" }'
+                ),
+            )
+            continue
+        problem = _log_level(level)
+        if problem is not None:
+            yield (name,), problem
+
+
 def _log_file(value: object) -> str | None:
     """None (not set) or a regular file this process may append to, in an existing directory."""
     if value is None:
@@ -400,15 +484,29 @@ def _checked(check: _Check) -> dict[str, _Check]:
     return {_CHECK: check}
 
 
+def _checked_items(check: Callable[[object], Iterable[_Problem]]) -> dict[str, object]:
+    """Field metadata declaring a check that names keys inside the field's table."""
+    return {_CHECK_ITEMS: check}
+
+
 def _field_problems(cls: type, values: Mapping[str, object]) -> list[_Problem]:
     """Run the declared checks of ``cls``'s fields on those of ``values`` that are present."""
     problems: list[_Problem] = []
     for field in attrs.fields(cast("type[attrs.AttrsInstance]", cls)):
+        if field.name not in values:
+            continue
         check: _Check | None = field.metadata.get(_CHECK)
-        if check is not None and field.name in values:
+        if check is not None:
             problem = check(values[field.name])
             if problem is not None:
                 problems.append(((field.name,), problem))
+        check_items: Callable[[object], Iterable[_Problem]] | None = field.metadata.get(
+            _CHECK_ITEMS
+        )
+        if check_items is not None:
+            problems += [
+                ((field.name, *path), why) for path, why in check_items(values[field.name])
+            ]
     return problems
 
 
@@ -420,14 +518,6 @@ def _as_float(value: float) -> float:
         except OverflowError:
             return math.inf  # rejected by the check as not finite
     return value
-
-
-def _as_upper(value: str) -> str:
-    return value.upper() if isinstance(value, str) else value
-
-
-def _as_lower(value: str) -> str:
-    return value.lower() if isinstance(value, str) else value
 
 
 class _Checked:
@@ -584,12 +674,19 @@ class Connect(_Checked):
 class LoggingSettings(_Checked):
     """The ``[logging]`` table. ``level`` is accepted in any case and stored upper-case.
 
+    ``levels`` sets the level of single loggers (``{ "trio_tunnel.stream" = "WARNING" }``),
+    each checked like ``level``; ``format`` is ``"text"`` (the default) or ``"json"``.
+
     Records go to stdout (unless ``stdout = false``), to ``file`` when set (rotated at local
     midnight, the last ``days_to_keep`` old files kept gzip-compressed) and, when
     ``syslog_host`` is set, to that syslog server over UDP with ``syslog_facility``.
     """
 
     level: str = attrs.field(default="INFO", converter=_as_upper, metadata=_checked(_log_level))
+    levels: Mapping[str, str] = attrs.field(
+        factory=FrozenLevels, converter=_as_levels, metadata=_checked_items(_log_levels)
+    )
+    format: str = attrs.field(default="text", converter=_as_lower, metadata=_checked(_log_format))
     stdout: bool = attrs.field(default=True, metadata=_checked(_boolean))
     file: str | None = attrs.field(default=None, metadata=_checked(_log_file))
     days_to_keep: int = attrs.field(
@@ -866,6 +963,8 @@ def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     for scalar in (int, float, str, bool):
         converter.register_structure_hook(scalar, _as_is)
+    # Tables of plain values (``[logging] levels``) reach their class's converter and check.
+    converter.register_structure_hook_func(lambda type_: type_ == Mapping[str, str], _as_is)
 
     def table_hook(cls: type) -> Callable[[Any, Any], Any]:
         structure: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter)
@@ -1094,6 +1193,11 @@ def describe_config(config: Config) -> str:
         f" {streams.connect_timeout_secs:g}s"
     )
     lines.append(f"logging: level {config.logging.level}, {_describe_log_outputs(config.logging)}")
+    if config.logging.levels:
+        levels = ", ".join(f"{name} {level}" for name, level in config.logging.levels.items())
+        lines.append(f"  levels of single loggers: {levels}")
+    if config.logging.format != "text":
+        lines.append(f"  format: {config.logging.format} (one object per line)")
     address = config.metrics.address
     if address is None:
         lines.append("metrics: no endpoint")
