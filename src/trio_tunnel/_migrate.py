@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._config import parse_config
+from ._config import load_environment, parse_config
 from ._errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -565,7 +565,8 @@ def _cmd_import_json(args: argparse.Namespace) -> int:
     for note in conversion.notes:
         print(f"trio-tunnel: note: {note}", file=sys.stderr)
     try:
-        parse_config(tomllib.loads(text), f"{source} (converted)")
+        name = f"{source} (converted)"
+        load_environment(parse_config(tomllib.loads(text), name), name)
     except ConfigError as exc:
         print(
             "trio-tunnel: the converted config does not pass `trio-tunnel check` on this"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,7 +21,7 @@ import attrs
 import trio
 
 from . import _ws
-from ._config import Config, read_token
+from ._config import Config, Environment, load_environment
 from ._errors import HandshakeError, RemoteProtocolError
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import ListenerSet
@@ -28,7 +29,6 @@ from ._metrics import Metrics
 from ._reload import reload_tunnels
 from ._session import Session, SessionSettings
 from ._stream import reset_tcp
-from ._tls import server_context
 
 log = logging.getLogger("trio_tunnel.server")
 
@@ -70,7 +70,9 @@ class _Client:
 class Server:
     """A running server. Get one from :func:`open_server` or ``nursery.start(serve_server)``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, environment: Environment | None = None) -> None:
+        """``environment`` is what ``load_environment(config)`` returned; without it the
+        server runs that load step (in a thread) when it starts serving."""
         if config.role != "server":
             raise ValueError("Server needs a config with role = 'server'")
         self.config = config
@@ -83,22 +85,9 @@ class Server:
         self._changed = trio.Event()
         self._supervisor: trio.Nursery | None = None
         self.websocket_port = 0
-        ws_settings = config.websocket
-        self._ssl_context = (
-            server_context(
-                tls_bundle=ws_settings.tls_bundle,
-                trusted_ca=ws_settings.trusted_ca,
-                trusted_peers=ws_settings.trusted_peers,
-                mutual_tls=ws_settings.mutual_tls,
-            )
-            if ws_settings.scheme == "wss" and ws_settings.tls_bundle is not None
-            else None
-        )
-        self._token = (
-            read_token(ws_settings.auth_token_file).encode("ascii")
-            if ws_settings.auth_token_file
-            else None
-        )
+        self._environment = environment
+        self._ssl_context: ssl.SSLContext | None = None
+        self._token: bytes | None = None
         self._listeners = ListenerSet(self._on_tcp)
         self.listen_ports = self._listeners.ports
         self.metrics = Metrics(role="server")
@@ -136,20 +125,36 @@ class Server:
         self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
         ws_settings = self.config.websocket
+        environment = self._environment
+        if environment is None:
+            environment = await trio.to_thread.run_sync(load_environment, self.config)
+        for warning in environment.warnings:
+            log.warning("%s", warning)
+        self._ssl_context = environment.ssl_context
+        self._token = environment.auth_token
         async with trio.open_nursery() as nursery:
             self._supervisor = nursery
-            self.websocket_port = await nursery.start(
-                partial(
-                    _ws.serve,
-                    self._on_websocket,
-                    ws_settings.host,
-                    ws_settings.port,
-                    ssl_context=self._ssl_context,
-                    handshake_timeout=ws_settings.handshake_timeout_secs,
-                    close_timeout=ws_settings.close_timeout_secs,
-                    on_refused=self.metrics.refused,
+            try:
+                self.websocket_port = await nursery.start(
+                    partial(
+                        _ws.serve,
+                        self._on_websocket,
+                        ws_settings.host,
+                        ws_settings.port,
+                        ssl_context=self._ssl_context,
+                        handshake_timeout=ws_settings.handshake_timeout_secs,
+                        close_timeout=ws_settings.close_timeout_secs,
+                        on_refused=self.metrics.refused,
+                    )
                 )
-            )
+            except OSError as bind_error:  # a busy port: say which, as for the tunnel ports
+                host = ws_settings.host
+                shown = f"[{host}]" if ":" in host else host
+                raise OSError(
+                    bind_error.errno,
+                    f"websocket.url: cannot listen on {shown}:{ws_settings.port}:"
+                    f" {bind_error.strerror or bind_error}",
+                ) from bind_error
             failures = await self._listeners.apply(nursery, self.config.listen)
             if failures:
                 entry, exc = failures[0]
