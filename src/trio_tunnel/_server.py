@@ -89,6 +89,8 @@ class Server:
         self._ssl_context: ssl.SSLContext | None = None
         self._token: bytes | None = None
         self._listeners = ListenerSet(self._on_tcp)
+        # [failover] close_server_listeners: the listen ports stay closed until then.
+        self._listeners_closed_until = float("-inf")
         self.listen_ports = self._listeners.ports
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
@@ -246,6 +248,8 @@ class Server:
         self.config = reload_tunnels(self.config, config, "server")
         self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
         assert self._supervisor is not None
+        if trio.current_time() < self._listeners_closed_until:
+            return  # closed after a switch: they reopen with the new entries when it ends
         for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
             log.error(
                 "reload: cannot listen for tunnel %s on %s:%d: %s; it stays closed",
@@ -292,7 +296,41 @@ class Server:
             )
             assert self._supervisor is not None
             self._supervisor.start_soon(self._reset_streams_of, old, reason)
+        failover = self.config.failover
+        if (
+            old_active is not None
+            and failover.close_server_listeners
+            and failover.standby_socket_close_secs > 0
+        ):
+            self._close_listeners_for(failover.standby_socket_close_secs)
         self._log_state(f"active client {old_active} -> {new_active}: {reason}")
+
+    def _close_listeners_for(self, secs: float) -> None:
+        """``close_server_listeners``: as tcp-over-websocket's server did, refuse connections
+        on the server's own listen ports for the close period after a switch away from an
+        active client, so applications see the failover and reconnect later."""
+        self._listeners_closed_until = trio.current_time() + secs
+        self._listeners.close_all()
+        log.info(
+            "server listen ports closed for %gs after the switch (close_server_listeners)", secs
+        )
+        assert self._supervisor is not None
+        self._supervisor.start_soon(self._reopen_listeners)
+
+    async def _reopen_listeners(self) -> None:
+        await trio.sleep_until(self._listeners_closed_until)
+        if trio.current_time() < self._listeners_closed_until:
+            return  # a later switch extended the period; its own task reopens them
+        assert self._supervisor is not None
+        for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
+            log.error(
+                "cannot reopen the listener of tunnel %s on %s:%d: %s; it stays closed",
+                entry.tunnel,
+                entry.bind,
+                entry.port,
+                exc.strerror or exc,
+            )
+        log.info("server listen ports reopened: %s", ", ".join(sorted(self.listen_ports)))
 
     async def _reset_streams_of(self, client: _Client, reason: str) -> None:
         count = await client.session.reset_all_streams(f"failover: {reason}")

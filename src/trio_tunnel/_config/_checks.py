@@ -77,8 +77,10 @@ def _format_problem(problem: _Problem) -> str:
 # --- field checks ----------------------------------------------------------------------------
 
 
-def _show(value: object) -> str:
-    """Name a value the way a TOML author would recognise it."""
+def _show(value: object, *, json: bool = False) -> str:
+    """Name a value the way a TOML author (or with ``json``, a JSON author) would recognise it."""
+    if json:
+        return _show_json(value)
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, str):
@@ -97,6 +99,18 @@ def _show(value: object) -> str:
     if value is None:
         return "nothing"
     return f"a {type(value).__name__}"
+
+
+def _show_json(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _is_int(value: object) -> TypeGuard[int]:

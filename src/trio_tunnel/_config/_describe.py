@@ -66,6 +66,11 @@ def describe_config(config: Config) -> str:
     lines.append(
         f"failover: standby sockets closed after {config.failover.standby_socket_close_secs:g}s"
     )
+    if config.failover.close_server_listeners and config.is_server:
+        lines.append(
+            "  the server's own listen ports close for as long after every switch"
+            " (close_server_listeners)"
+        )
     streams = config.streams
     lines.append(
         f"streams: window {streams.window_bytes} bytes per stream, at most"

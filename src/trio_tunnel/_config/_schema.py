@@ -144,11 +144,19 @@ class WebSocketSettings(_Checked):
 
 @attrs.frozen(kw_only=True)
 class FailoverSettings(_Checked):
-    """The ``[failover]`` table."""
+    """The ``[failover]`` table.
+
+    ``standby_socket_close_secs``: how long a demoted client keeps its listen ports closed
+    (and may not become active again). ``close_server_listeners = true``: the server closes
+    its own listen ports for that long too, after every switch away from an active client.
+    """
 
     standby_socket_close_secs: float = attrs.field(
         default=15.0, converter=_as_float, metadata=_checked(_seconds(allow_zero=True))
     )
+    # tcp-over-websocket's server also closed its own listen ports for the close period on
+    # every switch; off by default, since applications at the server then see a blackout.
+    close_server_listeners: bool = attrs.field(default=False, metadata=_checked(_boolean))
 
 
 @attrs.frozen(kw_only=True)
