@@ -126,7 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         startup = _os_errors(exc)
         if not startup:
             raise
-        log.error("cannot start: %s", "; ".join(str(e) for e in startup))
+        # The messages name what failed (key, address:port); the "[Errno N]" adds nothing.
+        log.error("cannot start: %s", "; ".join(e.strerror or str(e) for e in startup))
         return EXIT_FAILURE
     return EXIT_OK
 
