@@ -1069,3 +1069,40 @@ def test_check_with_several_files_exits_2_naming_file_key_and_tunnel(
     assert status == 2
     assert f"{clients[0]}: role: expected a string" in err
     assert "[[connect]]" not in err
+
+
+def test_the_parsing_modules_import_nothing_that_does_io() -> None:
+    """Only the load step may read files, resolve names or load TLS material."""
+    import ast
+    import importlib
+
+    for name in ("_checks", "_schema", "_convert", "_describe", "_together"):
+        module = importlib.import_module(f"trio_tunnel._config.{name}")
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported |= {alias.name for alias in node.names if node.level == 2}
+        assert not imported & {"os", "socket", "ssl", "_tls", "_load", "pathlib"}, name
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+async def test_the_token_warning_is_logged_when_the_server_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trio_tunnel as tt
+
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o640)
+    ws = WebSocketSettings(url="ws://127.0.0.1:0/", auth_token_file=str(token))
+    with trio.fail_after(10):
+        async with tt.open_server(Config(role="server", websocket=ws)):
+            pass
+    [record] = [r for r in caplog.records if "holds a secret" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("websocket.auth_token_file: ")
