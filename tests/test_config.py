@@ -73,6 +73,7 @@ port = 22
 
 [logging]
 level = "debug"
+levels = { "trio_tunnel.stream" = "warning" }
 """
 
 CLIENT_TOML = """
@@ -608,6 +609,9 @@ KEYS = [
     "ping_timeout_secs",
     "reconnect_min_secs",
     "standby_socket_close_secs",
+    "close_server_listeners",
+    "levels",
+    "format",
 ]
 
 
