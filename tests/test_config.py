@@ -1110,3 +1110,19 @@ async def test_the_token_warning_is_logged_when_the_server_starts(
     [record] = [r for r in caplog.records if "holds a secret" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert record.getMessage().startswith("websocket.auth_token_file: ")
+
+
+async def test_a_loaded_environment_is_used_as_given(tmp_path: Path) -> None:
+    """What the caller loaded is what runs: the server does not read the files again."""
+    import trio_tunnel as tt
+
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o600)
+    ws = WebSocketSettings(url="ws://127.0.0.1:0/", auth_token_file=str(token))
+    config = Config(role="server", websocket=ws)
+    environment = load_environment(config)
+    token.unlink()  # gone now: only the loaded environment still has the token
+    with trio.fail_after(10):
+        async with tt.open_server(config, environment) as server:
+            assert server.websocket_port > 0

@@ -11,6 +11,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
@@ -348,10 +349,16 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def open_client(config: Config) -> AsyncIterator[Client]:
-    """Run a client for the duration of the ``async with`` block."""
+async def open_client(
+    config: Config, environment: Environment | None = None
+) -> AsyncIterator[Client]:
+    """Run a client for the duration of the ``async with`` block.
+
+    ``environment`` is what ``load_environment(config)`` returned, if the caller ran the load
+    step already; without it the client runs it (in a thread) as it starts.
+    """
     async with trio.open_nursery() as nursery:
-        client: Client = await nursery.start(serve_client, config)
+        client: Client = await nursery.start(partial(serve_client, config, environment=environment))
         try:
             yield client
         finally:
@@ -359,7 +366,10 @@ async def open_client(config: Config) -> AsyncIterator[Client]:
 
 
 async def serve_client(
-    config: Config, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    environment: Environment | None = None,
+    task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a client until cancelled; ``nursery.start`` returns the :class:`Client`."""
-    await Client(config).serve(task_status=task_status)
+    await Client(config, environment).serve(task_status=task_status)

@@ -464,14 +464,19 @@ def _is_loopback(host: str) -> bool:
 
 
 @asynccontextmanager
-async def open_server(config: Config) -> AsyncIterator[Server]:
+async def open_server(
+    config: Config, environment: Environment | None = None
+) -> AsyncIterator[Server]:
     """Run a server for the duration of the ``async with`` block.
+
+    ``environment`` is what ``load_environment(config)`` returned, if the caller ran the load
+    step already; without it the server runs it (in a thread) as it starts.
 
     >>> async with open_server(config) as server:  # doctest: +SKIP
     ...     print(server.websocket_port, server.listen_ports)
     """
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve_server, config)
+        server: Server = await nursery.start(partial(serve_server, config, environment=environment))
         try:
             yield server
         finally:
@@ -479,7 +484,10 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
 
 
 async def serve_server(
-    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    environment: Environment | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a server until cancelled; ``nursery.start`` returns the :class:`Server`."""
-    await Server(config).serve(task_status=task_status)
+    await Server(config, environment).serve(task_status=task_status)
