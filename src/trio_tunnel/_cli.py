@@ -96,7 +96,7 @@ def _check_together(arguments: Sequence[str]) -> int:
         config, environment = result
         for warning in environment.warnings:
             print(f"trio-tunnel: warning: {warning}", file=sys.stderr)
-        loaded.append(Member(str(_config_path(argument)), config, environment.auth_token))
+        loaded.append(Member(str(_config_path(argument)), config, environment))
     if len(loaded) == len(arguments):
         problems = check_together(loaded)
         for problem in problems:

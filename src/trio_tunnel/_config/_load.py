@@ -43,6 +43,10 @@ class Environment:
     ssl_context: ssl.SSLContext | None = None
     auth_token: bytes | None = None
     warnings: tuple[str, ...] = ()
+    # SHA-256 of each certificate in tls_bundle and in trusted_peers (for ``check`` with
+    # several files: does each side pin what the other presents?).
+    certificates: frozenset[bytes] = frozenset()
+    pins: frozenset[bytes] = frozenset()
 
 
 def load_environment(config: Config, source: str | None = None) -> Environment:
@@ -80,9 +84,17 @@ def load_environment(config: Config, source: str | None = None) -> Environment:
         if problem is not None:
             problems.append((("logging", key), problem))
     context: ssl.SSLContext | None = None
+    certificates: frozenset[bytes] = frozenset()
+    pins: frozenset[bytes] = frozenset()
     if not problems and ws.scheme == "wss":
+        from .. import _tls
+
         try:
             context = _ssl_context(config)
+            if ws.tls_bundle is not None:
+                certificates = _tls.load_pins(ws.tls_bundle)
+            if ws.trusted_peers is not None:
+                pins = _tls.load_pins(ws.trusted_peers)
         except (ssl.SSLError, OSError, ValueError) as exc:  # changed since it was checked
             problems.append((("websocket",), f"cannot set up TLS: {exc}"))
     if problems:
@@ -91,6 +103,8 @@ def load_environment(config: Config, source: str | None = None) -> Environment:
         ssl_context=context,
         auth_token=None if token is None else token.encode("ascii"),
         warnings=tuple(_lines(warnings, source).splitlines()),
+        certificates=certificates,
+        pins=pins,
     )
 
 
@@ -100,7 +114,7 @@ def _lines(problems: Iterable[_Problem], source: str | None) -> str:
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext:
-    from .. import _tls  # the ssl module does the loading; import late to keep parsing light
+    from .. import _tls  # the ssl module does the loading; import late to keep this light
 
     ws = config.websocket
     if config.is_server:

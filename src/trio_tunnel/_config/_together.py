@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ._checks import _format_path, _is_ip, _Path
 from ._schema import Config
 
+if TYPE_CHECKING:
+    from ._load import Environment
+
 __all__ = ["Member", "check_together"]
 
 
 @attrs.frozen
 class Member:
-    """One file of the set: its name, its config and, once loaded, its auth token."""
+    """One file of the set: its name, its config and, once loaded, what the load step read
+    (the token and certificate digests are then compared too)."""
 
     source: str
     config: Config
-    auth_token: bytes | None = None
+    environment: Environment | None = None
 
 
 def check_together(members: Sequence[Member]) -> list[str]:
@@ -135,13 +140,43 @@ def _security_problems(server: Member, client: Member) -> Iterable[tuple[str, _P
             " server, or remove it here",
         )
     elif (
-        server.auth_token is not None
-        and client.auth_token is not None
-        and server.auth_token != client.auth_token
+        server.environment is not None
+        and client.environment is not None
+        and server.environment.auth_token != client.environment.auth_token
     ):
         yield (
             client.source,
             key,
             f"the token in {ours.auth_token_file!r} is not the one in {server.source}'s"
             f" {theirs.auth_token_file!r}: the server answers 403",
+        )
+    if theirs.scheme == "wss" == ours.scheme:
+        yield from _pin_problems(server, client)
+
+
+def _pin_problems(server: Member, client: Member) -> Iterable[tuple[str, _Path, str]]:
+    """With pinning, each side must pin a certificate the other presents (its leaf)."""
+    if server.environment is None or client.environment is None:
+        return
+    ours, theirs = client.config.websocket, server.config.websocket
+    if (
+        theirs.mutual_tls
+        and theirs.trusted_peers is not None
+        and ours.tls_bundle is not None
+        and not client.environment.certificates & server.environment.pins
+    ):
+        yield (
+            client.source,
+            ("websocket", "tls_bundle"),
+            f"no certificate in {ours.tls_bundle!r} is among {server.source}'s trusted_peers"
+            f" ({theirs.trusted_peers!r}): the server refuses this client's TLS handshake",
+        )
+    if ours.trusted_peers is not None and not (
+        server.environment.certificates & client.environment.pins
+    ):
+        yield (
+            client.source,
+            ("websocket", "trusted_peers"),
+            f"no certificate in {server.source}'s tls_bundle ({theirs.tls_bundle!r}) is pinned"
+            f" in {ours.trusted_peers!r}: this client refuses the server's TLS handshake",
         )
