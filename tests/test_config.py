@@ -1177,3 +1177,30 @@ def test_pins_that_do_not_match_what_the_other_side_presents(
     ]
     assert "the server refuses this client's TLS handshake" in err
     assert "this client refuses the server's TLS handshake" in err
+
+
+def test_cross_file_rules_still_run_when_a_file_names_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server_ws = f'auth_token_file = "{tmp_path}/missing.token"'
+    server = write(tmp_path, TOGETHER_SERVER.format(server_ws=server_ws), "server.toml")
+    client = TOGETHER_CLIENT.format(
+        client_id=1, url="ws://127.0.0.1:8080/tunnel", client_ws="", web_port=8081
+    )
+    client1 = write(tmp_path, client, "client1.toml")
+    status, out, err = _cli(capsys, "check", str(server), str(client1))
+    assert status == 2  # the config problem decides: a restart cannot fix it
+    lines = err.splitlines()
+    assert lines[0].startswith(f"trio-tunnel: {server}: websocket.auth_token_file: cannot read")
+    assert lines[1].startswith(
+        f"trio-tunnel: {client1}: websocket.auth_token_file: {server} requires a token"
+    )
+    assert out == ""
+    # With the environment the only problem, the status is 1.
+    (tmp_path / "t").write_text("0123456789abcdef-token\n")
+    (tmp_path / "t").chmod(0o600)
+    write(
+        tmp_path, client.replace("[[connect]]", 'auth_token_file = "t"\n[[connect]]', 1), "c.toml"
+    )
+    status, _, err = _cli(capsys, "check", str(server), str(tmp_path / "c.toml"))
+    assert (status, len(err.splitlines())) == (1, 1)

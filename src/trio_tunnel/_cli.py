@@ -54,18 +54,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _load(argument: str) -> tuple[Config, Environment] | int:
     """Both steps for one file: the config and its environment, or the exit status."""
-    path = _config_path(argument)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"trio-tunnel: {exc}", file=sys.stderr)
+    config = _parse(argument)
+    if config is None:
         return EXIT_CONFIG
-    try:
-        environment = load_environment(config, str(path))
-    except ConfigLoadError as exc:
-        print(f"trio-tunnel: {exc}", file=sys.stderr)
+    environment = _load_environment(config, argument)
+    if environment is None:
         return EXIT_FAILURE
     return config, environment
+
+
+def _parse(argument: str) -> Config | None:
+    """The config in the file (step 1, pure but for reading the file), or None if reported."""
+    try:
+        return load_config(_config_path(argument))
+    except ConfigError as exc:
+        print(f"trio-tunnel: {exc}", file=sys.stderr)
+        return None
+
+
+def _load_environment(config: Config, argument: str) -> Environment | None:
+    """What the config names (step 2), with its warnings printed; None if reported."""
+    try:
+        environment = load_environment(config, str(_config_path(argument)))
+    except ConfigLoadError as exc:
+        print(f"trio-tunnel: {exc}", file=sys.stderr)
+        return None
+    for warning in environment.warnings:
+        print(f"trio-tunnel: warning: {warning}", file=sys.stderr)
+    return environment
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -74,41 +90,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config[0])
     if isinstance(loaded, int):
         return loaded
-    config, environment = loaded
-    for warning in environment.warnings:
-        print(f"trio-tunnel: warning: {warning}", file=sys.stderr)
+    config, _environment = loaded
     print(f"{args.config[0]}: OK")
     print(describe_config(config))
     return EXIT_OK
 
 
 def _check_together(arguments: Sequence[str]) -> int:
-    """``check server.toml client1.toml client2.toml``: each file, then the set of them."""
+    """``check server.toml client1.toml client2.toml``: each file, then the set of them.
+
+    The cross-file rules run whenever every file parses, even if one's environment does not
+    load (they then compare what the configs say, without the tokens and certificates).
+    """
     from ._config import Member, check_together
 
-    loaded: list[Member] = []
+    members: list[Member] = []
     status = EXIT_OK
     for argument in arguments:
-        result = _load(argument)
-        if isinstance(result, int):
-            status = max(status, result)
+        config = _parse(argument)
+        if config is None:
+            status = EXIT_CONFIG
             continue
-        config, environment = result
-        for warning in environment.warnings:
-            print(f"trio-tunnel: warning: {warning}", file=sys.stderr)
-        loaded.append(Member(str(_config_path(argument)), config, environment))
-    if len(loaded) == len(arguments):
-        problems = check_together(loaded)
+        environment = _load_environment(config, argument)
+        if environment is None:
+            status = max(status, EXIT_FAILURE)
+        members.append(Member(str(_config_path(argument)), config, environment))
+    if len(members) == len(arguments):
+        problems = check_together(members)
         for problem in problems:
             print(f"trio-tunnel: {problem}", file=sys.stderr)
         if problems:
-            return EXIT_CONFIG
+            status = EXIT_CONFIG
     if status != EXIT_OK:
         return status
-    for argument, member in zip(arguments, loaded, strict=True):
+    for argument, member in zip(arguments, members, strict=True):
         print(f"{argument}: OK")
         print("  " + describe_config(member.config).replace("\n", "\n  "))
-    print(f"together: OK ({len(loaded)} files agree)")
+    print(f"together: OK ({len(members)} files agree)")
     return EXIT_OK
 
 
