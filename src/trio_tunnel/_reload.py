@@ -69,4 +69,5 @@ async def reread(path: str | os.PathLike[str]) -> tuple[Config, Environment]:
         config = load_config(path)
         return config, load_environment(config, os.fspath(path))
 
-    return await trio.to_thread.run_sync(both)
+    # It only reads, so a cancel (SIGTERM during a slow DNS answer) need not wait for it.
+    return await trio.to_thread.run_sync(both, abandon_on_cancel=True)

@@ -129,7 +129,10 @@ class Server:
         ws_settings = self.config.websocket
         environment = self._environment
         if environment is None:
-            environment = await trio.to_thread.run_sync(load_environment, self.config)
+            # Side-effect free, so a cancel (SIGTERM during a slow DNS answer) need not wait.
+            environment = await trio.to_thread.run_sync(
+                load_environment, self.config, abandon_on_cancel=True
+            )
         for warning in environment.warnings:
             log.warning("%s", warning)
         self._ssl_context = environment.ssl_context
