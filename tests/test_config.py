@@ -2,28 +2,35 @@
 
 import copy
 import math
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_tunnel._cli import main
 from trio_tunnel._config import (
     Config,
     Connect,
+    Environment,
     FailoverSettings,
     Listen,
     LoggingSettings,
+    Member,
     StreamSettings,
     WebSocketSettings,
+    check_together,
     describe_config,
     load_config,
+    load_environment,
     parse_config,
 )
-from trio_tunnel._errors import ConfigError
+from trio_tunnel._errors import ConfigError, ConfigLoadError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +74,7 @@ port = 22
 
 [logging]
 level = "debug"
+levels = { "trio_tunnel.stream" = "warning" }
 """
 
 CLIENT_TOML = """
@@ -602,6 +610,9 @@ KEYS = [
     "ping_timeout_secs",
     "reconnect_min_secs",
     "standby_socket_close_secs",
+    "close_server_listeners",
+    "levels",
+    "format",
 ]
 
 
@@ -680,3 +691,516 @@ def test_describe_client() -> None:
     assert "tunnel web: accept TCP on 127.0.0.1:8080" in text
     assert "tunnel ssh: open TCP to 127.0.0.1:22" in text
     assert "level INFO" in text
+
+
+# --- [logging] levels and format ------------------------------------------------------------
+
+
+def test_logging_levels_and_format() -> None:
+    text = (
+        'role = "server"\n[websocket]\nurl = "ws://127.0.0.1:8080"\n[logging]\n'
+        'levels = { "trio_tunnel.stream" = "warning", trio_websocket = "DEBUG" }\n'
+        'format = "JSON"\n'
+    )
+    settings = parse_config(tomllib.loads(text)).logging
+    assert dict(settings.levels) == {"trio_tunnel.stream": "WARNING", "trio_websocket": "DEBUG"}
+    assert settings.levels["trio_tunnel.stream"] == "WARNING"
+    assert settings.format == "json"
+    # Frozen and hashable like the rest of the config, and equal to an equal plain dict.
+    assert hash(settings) == hash(parse_config(tomllib.loads(text)).logging)
+    assert settings.levels == {"trio_tunnel.stream": "WARNING", "trio_websocket": "DEBUG"}
+    assert LoggingSettings(levels={"a": "info"}).levels == {"a": "INFO"}
+    defaults = LoggingSettings()
+    assert (dict(defaults.levels), defaults.format) == ({}, "text")
+    assert "levels of single loggers: trio_tunnel.stream WARNING" in describe_config(
+        parse_config(tomllib.loads(text))
+    )
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ({"trio_tunnel.stream": "loud"}, "logging.levels.'trio_tunnel.stream': must be one of"),
+        ({"trio_tunnel": {"stream": "INFO"}}, "logging.levels.trio_tunnel: expected a level"),
+        ({"x": 10}, "logging.levels.x: expected a string (got the integer 10)"),
+        ({"": "INFO"}, "logging.levels: expected a logger name"),
+        ("INFO", "logging.levels: expected a table of logger name = level"),
+    ],
+)
+def test_bad_logging_levels_name_the_logger(levels: object, expected: str) -> None:
+    [line] = config_error(with_changes(SERVER, logging={"levels": levels})).splitlines()
+    assert line.startswith(f"x.toml: {expected}"), line
+
+
+def test_bad_logging_format() -> None:
+    [line] = config_error(with_changes(SERVER, logging={"format": "xml"})).splitlines()
+    assert line == "x.toml: logging.format: must be one of 'text', 'json' (got 'xml')"
+    with pytest.raises(ConfigError, match=r"^format: expected a string"):
+        LoggingSettings(format=1)  # type: ignore[arg-type]
+
+
+# --- the load step: files, TLS, names (parsing itself does no I/O) --------------------------
+
+
+def _server_with(tmp_path: Path, **ws: Any) -> dict[str, Any]:
+    url = ws.pop("url", "ws://127.0.0.1:8080/")
+    return {"role": "server", "websocket": {"url": url, **ws}}
+
+
+def test_parsing_touches_no_file_and_resolves_no_name(tmp_path: Path) -> None:
+    """What a config names is not looked at while parsing: only the load step reports it."""
+    missing = str(tmp_path / "missing")
+    data = _server_with(
+        tmp_path, url="wss://127.0.0.1:8443/", tls_bundle=missing + ".pem", mutual_tls=True,
+        trusted_ca=missing + "-ca.pem", auth_token_file=missing + ".token",
+    )  # fmt: skip
+    data["logging"] = {"file": str(tmp_path / "no-dir" / "t.log"), "syslog_host": "x.invalid"}
+    config = parse_config(data, "s.toml")  # no ConfigError: each value is well-formed
+    with pytest.raises(ConfigLoadError) as info:
+        load_environment(config, "s.toml")
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == [
+        "websocket.tls_bundle",
+        "websocket.trusted_ca",
+        "websocket.auth_token_file",
+        "logging.file",
+        "logging.syslog_host",
+    ]
+    assert isinstance(info.value, ConfigError)  # `except ConfigError` still catches it
+    # A config built in Python gets paths from the Config down, without a file name.
+    with pytest.raises(ConfigLoadError, match=r"^websocket\.tls_bundle: cannot read"):
+        load_environment(config)
+
+
+def test_well_formed_file_names_are_still_checked_when_parsing() -> None:
+    for value, expected in ((1, "expected a string"), ("", "expected a file name")):
+        message = config_error(with_changes(SERVER, websocket={"auth_token_file": value}))
+        assert f"x.toml: websocket.auth_token_file: {expected}" in message
+
+
+def test_environment_holds_the_token_and_tls_context(tmp_path: Path) -> None:
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    bundle = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(bundle))
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o600)
+    data = _server_with(
+        tmp_path, url="wss://127.0.0.1:8443/", tls_bundle=str(bundle),
+        auth_token_file=str(token),
+    )  # fmt: skip
+    environment = load_environment(parse_config(data))
+    assert isinstance(environment.ssl_context, ssl.SSLContext)
+    assert environment.auth_token == b"0123456789abcdef-token"
+    assert environment.warnings == ()
+    plain = load_environment(parse_config(MINIMAL_CLIENT))
+    assert (plain.ssl_context, plain.auth_token, plain.warnings) == (None, None, ())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+@pytest.mark.parametrize(("mode", "who"), [(0o640, "its group"), (0o604, "others"),
+                                            (0o644, "its group and others")])  # fmt: skip
+def test_a_token_file_others_may_read_is_warned_about(tmp_path: Path, mode: int, who: str) -> None:
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(mode)
+    environment = load_environment(
+        parse_config(_server_with(tmp_path, auth_token_file=str(token))), "s.toml"
+    )
+    assert environment.warnings == (
+        f"s.toml: websocket.auth_token_file: {str(token)!r} holds a secret but is open to {who}"
+        f" (mode {mode:04o}): chmod 600 {token}",
+    )
+    assert environment.auth_token == b"0123456789abcdef-token"  # a warning, not an error
+
+
+async def test_a_python_built_config_gets_the_load_step_when_the_server_starts(
+    tmp_path: Path,
+) -> None:
+    import trio_tunnel as tt
+
+    ws = WebSocketSettings(url="ws://127.0.0.1:0/", auth_token_file=str(tmp_path / "none"))
+    config = Config(role="server", websocket=ws)  # pure: nothing read yet
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(ConfigLoadError, match=r"^websocket\.auth_token_file: cannot read"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with tt.open_server(config):
+            pass  # pragma: no cover - it does not start
+    client = Config(role="client", client_id=1, websocket=attrs.evolve(ws, url="ws://h:1/"))
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(ConfigLoadError, match=r"^websocket\.auth_token_file: cannot read"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with tt.open_client(client):
+            pass  # pragma: no cover - it does not start
+
+
+# --- trio-tunnel check and run: exit statuses ------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_check_exits_2_for_the_config_and_1_for_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path, 'role = "server"\n[websocket]\nurl = "ws://h"\nbogus = 1\n', "bad.toml")
+    status, _, err = _cli(capsys, "check", str(bad))
+    assert (status, err) == (2, f"trio-tunnel: {bad}: websocket.bogus: unknown key\n")
+    text = f'role = "server"\n[websocket]\nurl = "ws://h"\nauth_token_file = "{tmp_path}/x"\n'
+    missing = write(tmp_path, text, "missing.toml")
+    status, out, err = _cli(capsys, "check", str(missing))
+    assert status == 1
+    assert err.startswith(f"trio-tunnel: {missing}: websocket.auth_token_file: cannot read")
+    assert out == ""
+    assert _cli(capsys, "check", str(tmp_path / "none.toml"))[0] == 2  # the config itself
+    assert _cli(capsys, "run", str(missing))[0] == 1  # run does both steps before starting
+    assert _cli(capsys, "run", str(bad))[0] == 2
+
+
+def test_check_prints_the_token_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o644)
+    path = write(
+        tmp_path, SERVER_TOML.replace("[failover]", f'auth_token_file = "{token}"\n[failover]')
+    )
+    status, out, err = _cli(capsys, "check", str(path))
+    assert status == 0
+    assert out.startswith(f"{path}: OK\n")
+    assert "shared token from" in out
+    assert err == (
+        f"trio-tunnel: warning: {path}: websocket.auth_token_file: {str(token)!r} holds a"
+        f" secret but is open to its group and others (mode 0644): chmod 600 {token}\n"
+    )
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["websocket", "metrics"])
+async def test_run_names_a_busy_port_and_exits_1(tmp_path: Path, which: str) -> None:
+    """A real process: the exit status and the one line systemd's journal shows. The metrics
+    port is bound before the tunnel says it is listening, so nothing claims to listen."""
+    busy, port = _busy_port()
+    with busy:
+        ws_port, metrics_port = (port, 0) if which == "websocket" else (0, port)
+        path = write(
+            tmp_path,
+            f'role = "server"\n[websocket]\nurl = "ws://127.0.0.1:{ws_port}/"\n'
+            f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
+        )
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [sys.executable, "-m", "trio_tunnel", "run", str(path)],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 1, output
+    key = "websocket.url" if which == "websocket" else "metrics.listen"
+    [line] = [line for line in output.splitlines() if "cannot start" in line]
+    assert f"cannot start: {key}: cannot listen on 127.0.0.1:{port}: " in line
+    assert "listening" not in output
+
+
+# --- trio-tunnel check with a server's and its clients' files --------------------------------
+
+TOGETHER_SERVER = """
+role = "server"
+[websocket]
+url = "ws://0.0.0.0:8080/tunnel"
+{server_ws}
+[[listen]]
+tunnel = "ssh"
+port = 2222
+[[connect]]
+tunnel = "web"
+host = "127.0.0.1"
+port = 8000
+"""
+
+TOGETHER_CLIENT = """
+role = "client"
+client_id = {client_id}
+[websocket]
+url = "{url}"
+{client_ws}
+[[connect]]
+tunnel = "ssh"
+host = "127.0.0.1"
+port = 22
+[[listen]]
+tunnel = "web"
+port = {web_port}
+"""
+
+
+def _deployment(
+    server_ws: str = "",
+    client_ws: str = "",
+    url: str = "ws://10.0.0.1:8080/tunnel",
+    ids: tuple[int, int] = (1, 2),
+    client2: str | None = None,
+    scheme: str = "ws",
+) -> list[Member]:
+    text = TOGETHER_SERVER.format(server_ws=server_ws).replace("ws://", f"{scheme}://")
+    server = parse_config(tomllib.loads(text))
+    members = [Member("server.toml", server)]
+    for index, client_id in enumerate(ids, 1):
+        text = TOGETHER_CLIENT.format(
+            client_id=client_id, url=url, client_ws=client_ws, web_port=8080 + index
+        )
+        if index == 2 and client2 is not None:
+            text = client2
+        members.append(Member(f"client{index}.toml", parse_config(tomllib.loads(text))))
+    return members
+
+
+def test_a_matching_server_and_clients_pass_together() -> None:
+    assert check_together(_deployment()) == []
+    # A wildcard bind is reached through any address of its family, and names are not
+    # resolved (no DNS in a pure check).
+    assert check_together(_deployment(url="ws://tunnel.example:8080/tunnel?x=1")) == []
+
+
+TOGETHER_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("same id", {"ids": (1, 1)},
+     "client2.toml: client_id: client 1 is also client1.toml's client_id"),
+    ("port", {"url": "ws://10.0.0.1:8081/tunnel"},
+     "client1.toml: websocket.url: port 8081 does not reach server.toml's websocket.url"
+     " (ws://0.0.0.0:8080/tunnel), port 8080"),
+    ("path", {"url": "ws://10.0.0.1:8080/"},
+     "client1.toml: websocket.url: path '/' is not the path of server.toml's websocket.url"),
+    ("scheme", {"url": "wss://10.0.0.1:8080/tunnel"},
+     "client1.toml: websocket.url: uses wss:// but server.toml's websocket.url"),
+    ("family", {"url": "ws://[::1]:8080/tunnel"},
+     "client1.toml: websocket.url: host ::1 does not reach server.toml's websocket.url"),
+    ("token here", {"client_ws": 'auth_token_file = "t"'},
+     "client1.toml: websocket.auth_token_file: set, but server.toml checks no token"),
+    ("token there", {"server_ws": 'auth_token_file = "t"'},
+     "client1.toml: websocket.auth_token_file: server.toml requires a token"),
+    ("no connect",
+     {"client2": TOGETHER_CLIENT.format(client_id=2, url="ws://10.0.0.1:8080/tunnel",
+                                        client_ws="", web_port=8082).replace('"ssh"', '"db"')},
+     "server.toml: listen[0].tunnel: tunnel 'ssh' has no [[connect]] entry in client2.toml"),
+    ("no server connect",
+     {"client2": TOGETHER_CLIENT.format(client_id=2, url="ws://10.0.0.1:8080/tunnel",
+                                        client_ws="", web_port=8082).replace('"web"', '"www"')},
+     "client2.toml: listen[0].tunnel: tunnel 'www' has no [[connect]] entry in server.toml"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [case[1:] for case in TOGETHER_CASES],
+    ids=[case[0] for case in TOGETHER_CASES],
+)
+def test_files_that_cannot_work_together(changes: dict[str, Any], expected: str) -> None:
+    problems = check_together(_deployment(**changes))
+    assert any(problem.startswith(expected) for problem in problems), problems
+    # Each problem is reported once per client it concerns, never more.
+    assert len(problems) == len(set(problems))
+
+
+def test_mutual_tls_without_a_client_certificate() -> None:
+    server_ws = 'tls_bundle = "s.pem"\nmutual_tls = true\ntrusted_ca = "ca.pem"'
+    problems = check_together(
+        _deployment(server_ws=server_ws, url="wss://10.0.0.1:8080/tunnel", scheme="wss")
+    )
+    assert problems == [
+        f"client{n}.toml: websocket.mutual_tls: server.toml requires client certificates"
+        " (mutual_tls = true), but this client presents none: set mutual_tls = true and"
+        " tls_bundle"
+        for n in (1, 2)
+    ]
+
+
+def test_different_tokens_are_found_once_loaded() -> None:
+    members = _deployment(server_ws='auth_token_file = "s"', client_ws='auth_token_file = "c"')
+    assert check_together(members) == []  # not loaded: nothing to compare
+    tokens = [b"0123456789abcdef", b"0123456789abcdef", b"0123456789abcdeX"]
+    loaded = [
+        attrs.evolve(m, environment=Environment(auth_token=token))
+        for m, token in zip(members, tokens, strict=True)
+    ]
+    assert check_together(loaded) == [
+        "client2.toml: websocket.auth_token_file: the token in 'c' is not the one in"
+        " server.toml's 's': the server answers 403"
+    ]
+
+
+def test_check_with_several_files_exits_2_naming_file_key_and_tunnel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = write(tmp_path, TOGETHER_SERVER.format(server_ws=""), "server.toml")
+    clients = [
+        write(
+            tmp_path,
+            TOGETHER_CLIENT.format(
+                client_id=n, url="ws://127.0.0.1:8080/tunnel", client_ws="", web_port=8080 + n
+            ),
+            f"client{n}.toml",
+        )
+        for n in (1, 2)
+    ]
+    status, out, err = _cli(capsys, "check", str(server), *map(str, clients))
+    assert (status, err) == (0, "")
+    assert out.endswith("together: OK (3 files agree)\n")
+    assert f"{clients[1]}: OK" in out
+    clients[1].write_text(clients[1].read_text().replace('"ssh"', '"db"'))
+    status, out, err = _cli(capsys, "check", str(server), *map(str, clients))
+    assert status == 2
+    assert out == ""
+    assert err == (
+        f"trio-tunnel: {server}: listen[0].tunnel: tunnel 'ssh' has no [[connect]] entry in"
+        f" {clients[1]}: every connection to it would be refused\n"
+    )
+    # A file that fails on its own is reported as with one file, and stops the cross-check.
+    clients[0].write_text("role = 1\n")
+    status, _, err = _cli(capsys, "check", str(server), *map(str, clients))
+    assert status == 2
+    assert f"{clients[0]}: role: expected a string" in err
+    assert "[[connect]]" not in err
+
+
+def test_the_parsing_modules_import_nothing_that_does_io() -> None:
+    """Only the load step may read files, resolve names or load TLS material."""
+    import ast
+    import importlib
+
+    for name in ("_checks", "_schema", "_convert", "_describe", "_together"):
+        module = importlib.import_module(f"trio_tunnel._config.{name}")
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        for block in ast.walk(tree):  # imports for type hints only are never run
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING":
+                block.body = []
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported |= {alias.name for alias in node.names if node.level == 2}
+        assert not imported & {"os", "socket", "ssl", "_tls", "_load", "pathlib"}, name
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+async def test_the_token_warning_is_logged_when_the_server_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trio_tunnel as tt
+
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o640)
+    ws = WebSocketSettings(url="ws://127.0.0.1:0/", auth_token_file=str(token))
+    with trio.fail_after(10):
+        async with tt.open_server(Config(role="server", websocket=ws)):
+            pass
+    [record] = [r for r in caplog.records if "holds a secret" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("websocket.auth_token_file: ")
+
+
+async def test_a_loaded_environment_is_used_as_given(tmp_path: Path) -> None:
+    """What the caller loaded is what runs: the server does not read the files again."""
+    import trio_tunnel as tt
+
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    token.chmod(0o600)
+    ws = WebSocketSettings(url="ws://127.0.0.1:0/", auth_token_file=str(token))
+    config = Config(role="server", websocket=ws)
+    environment = load_environment(config)
+    token.unlink()  # gone now: only the loaded environment still has the token
+    with trio.fail_after(10):
+        async with tt.open_server(config, environment) as server:
+            assert server.websocket_port > 0
+
+
+def test_pins_that_do_not_match_what_the_other_side_presents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With mutual TLS and pinning, check loads the certificates and compares the pins."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def issue(name: str) -> tuple[Path, Path]:
+        leaf = ca.issue_cert("127.0.0.1")
+        bundle, cert = tmp_path / f"{name}.pem", tmp_path / f"{name}-cert.pem"
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(bundle))
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        return bundle, cert
+
+    (server_pem, server_cert), (c1_pem, c1_cert), (c2_pem, _) = map(issue, ("s", "c1", "c2"))
+    tls = f'tls_bundle = "{{bundle}}"\nmutual_tls = true\ntrusted_ca = "{ca_file}"\n'
+    server_ws = tls.format(bundle=server_pem) + f'trusted_peers = "{c1_cert}"'
+    server = write(
+        tmp_path,
+        TOGETHER_SERVER.format(server_ws=server_ws).replace("ws://", "wss://"),
+        "server.toml",
+    )
+
+    def client(n: int, bundle: Path, pinned: Path) -> Path:
+        client_ws = tls.format(bundle=bundle) + f'trusted_peers = "{pinned}"'
+        text = TOGETHER_CLIENT.format(
+            client_id=n, url="wss://127.0.0.1:8080/tunnel", client_ws=client_ws, web_port=8080 + n
+        )
+        return write(tmp_path, text, f"client{n}.toml")
+
+    # Client 1 is pinned by the server and pins it; client 2 neither.
+    files = [server, client(1, c1_pem, server_cert), client(2, c2_pem, c1_cert)]
+    status, _, err = _cli(capsys, "check", *map(str, files))
+    assert status == 2
+    assert [line.split(": ")[1:3] for line in err.splitlines()] == [
+        [str(files[2]), "websocket.tls_bundle"],
+        [str(files[2]), "websocket.trusted_peers"],
+    ]
+    assert "the server refuses this client's TLS handshake" in err
+    assert "this client refuses the server's TLS handshake" in err
+
+
+def test_cross_file_rules_still_run_when_a_file_names_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server_ws = f'auth_token_file = "{tmp_path}/missing.token"'
+    server = write(tmp_path, TOGETHER_SERVER.format(server_ws=server_ws), "server.toml")
+    client = TOGETHER_CLIENT.format(
+        client_id=1, url="ws://127.0.0.1:8080/tunnel", client_ws="", web_port=8081
+    )
+    client1 = write(tmp_path, client, "client1.toml")
+    status, out, err = _cli(capsys, "check", str(server), str(client1))
+    assert status == 2  # the config problem decides: a restart cannot fix it
+    lines = err.splitlines()
+    assert lines[0].startswith(f"trio-tunnel: {server}: websocket.auth_token_file: cannot read")
+    assert lines[1].startswith(
+        f"trio-tunnel: {client1}: websocket.auth_token_file: {server} requires a token"
+    )
+    assert out == ""
+    # With the environment the only problem, the status is 1.
+    (tmp_path / "t").write_text("0123456789abcdef-token\n")
+    (tmp_path / "t").chmod(0o600)
+    write(
+        tmp_path, client.replace("[[connect]]", 'auth_token_file = "t"\n[[connect]]', 1), "c.toml"
+    )
+    status, _, err = _cli(capsys, "check", str(server), str(tmp_path / "c.toml"))
+    assert (status, len(err.splitlines())) == (1, 1)

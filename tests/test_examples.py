@@ -233,4 +233,33 @@ def test_compose_echo_service_echoes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted((EXAMPLES / "docker").glob("*.toml")), ids=str)
 def test_docker_configs_pass_check(path: Path) -> None:
-    tt.load_config(path)
+    tt.load_environment(tt.load_config(path), str(path))  # both steps, as check does
+
+
+# --- the example deployments as a whole -----------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", [EXAMPLES, DOCKER], ids=["examples", "docker"])
+def test_example_server_and_clients_pass_check_together(
+    directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_tunnel._cli import main
+
+    files = [str(directory / f"{name}.toml") for name in ("server", "client1", "client2")]
+    assert main(["check", *files]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.endswith("together: OK (3 files agree)\n")
+
+
+def test_unit_restart_policy_matches_the_exit_statuses() -> None:
+    """The unit keeps restarting on 1 (the environment) and stops on 2 (the config)."""
+    from trio_tunnel import _cli
+
+    service = parse_unit(UNIT.read_text())["Service"]
+    assert service["RestartPreventExitStatus"] == [str(_cli.EXIT_CONFIG)]
+    assert service["Restart"] == ["on-failure"]  # restarts on EXIT_FAILURE
+    assert _cli.EXIT_FAILURE != _cli.EXIT_CONFIG
+    readme = (ROOT / "README.md").read_text()
+    assert "| 1 | the environment, or a failure while running |" in readme
+    assert "| 2 | the config itself |" in readme

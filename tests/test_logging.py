@@ -17,7 +17,13 @@ import attrs
 import pytest
 
 from trio_tunnel import _cli, _logging
-from trio_tunnel._config import LoggingSettings, describe_config, load_config, parse_config
+from trio_tunnel._config import (
+    LoggingSettings,
+    describe_config,
+    load_config,
+    load_environment,
+    parse_config,
+)
 from trio_tunnel._errors import ConfigError
 
 from .helpers import LOCALHOST
@@ -31,8 +37,8 @@ def with_logging(**keys: object) -> dict[str, Any]:
 
 
 def problems(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(data, "t.toml")
+    with pytest.raises(ConfigError) as info:  # from parsing, or else from the load step
+        load_environment(parse_config(data, "t.toml"), "t.toml")
     return str(info.value).splitlines()
 
 
@@ -152,16 +158,18 @@ def test_every_logging_problem_is_reported_at_once(tmp_path: Path) -> None:
     lines = problems(
         with_logging(file=str(tmp_path / "no" / "x.log"), syslog_host="a..b", stdout=1)
     )
+    # The missing directory is the load step's to report, once parsing passes.
     assert [line.split(":")[1].strip() for line in lines] == [
         "logging.stdout",
-        "logging.file",
         "logging.syslog_host",
     ]
 
 
 def test_python_built_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match=r"^syslog_host: cannot resolve 'no-such-host\.invalid'"):
-        LoggingSettings(syslog_host="no-such-host.invalid")
+    settings = LoggingSettings(syslog_host="no-such-host.invalid")  # pure: resolves nothing
+    config = attrs.evolve(parse_config(SERVER), logging=settings)
+    with pytest.raises(ConfigError, match=r"^logging\.syslog_host: cannot resolve 'no-such-host"):
+        load_environment(config)
 
 
 def test_describe(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +24,16 @@ import trio_tunnel as tt
 from trio_tunnel._cli import main
 from trio_tunnel._migrate import OLD_LOG_FILE, convert, read_json_config, to_toml
 
-from .helpers import LOCALHOST, echo_handler, free_port, read_to_end, start_service
+from .helpers import (
+    LOCALHOST,
+    client_config,
+    echo_handler,
+    free_port,
+    open_rig,
+    read_to_end,
+    server_config,
+    start_service,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,7 +184,9 @@ def test_readme_client_2_takes_the_old_defaults(
     assert config.logging.stdout is False
     assert config.logging.file == str(tmp_path / "c2" / OLD_LOG_FILE)
     assert config.logging.days_to_keep == 14
-    assert err == ""
+    # Only the note every conversion gets: the log lines look different now.
+    assert err.splitlines() == [line for line in err.splitlines() if "line format changed" in line]
+    assert len(err.splitlines()) == 1
 
 
 def test_check_and_run_accept_the_old_home_directory(
@@ -626,3 +638,83 @@ def test_to_toml_round_trips(text: str, number: int, real: float, flag: bool) ->
         "rows": [{"a": text}, {"b": number}],
     }
     assert tomllib.loads(to_toml(data, ("a comment",))) == data
+
+
+# --- migration notes ------------------------------------------------------------------------
+
+
+def _notes(err: str) -> dict[str, str]:
+    """The ``note:`` lines of import-json's stderr, by the key they start with."""
+    prefix = "trio-tunnel: note: "
+    notes = [line[len(prefix) :] for line in err.splitlines() if line.startswith(prefix)]
+    return {note.split(":")[0]: note for note in notes}
+
+
+def test_notes_for_a_client_close_period_debug_and_the_log_format(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = copy.deepcopy(README_CLIENT_1)  # DEBUG, as all of the old tool's configs
+    data["standbySocketCloseDurationSecs"] = 30
+    config, err = converted(capsys, tmp_path, data)
+    notes = _notes(err)
+    assert "a client's value is ignored" in notes["standbySocketCloseDurationSecs"]
+    assert "the server's failover.standby_socket_close_secs governs" in err
+    assert "trio-websocket's and wsproto's lines for every WebSocket message" in err
+    assert 'levels = { "trio_tunnel.stream" = "DEBUG" }' in notes["logging.level"]
+    assert "the line format changed" in notes["logging"]
+    assert "close_server_listeners" not in err  # a server-only option
+    assert config.logging.level == "DEBUG"  # carried over, as the note says
+
+
+def test_server_conversion_offers_close_server_listeners(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = copy.deepcopy(README_SERVER)
+    data["logging"]["level"] = "INFO"
+    config, err = converted(capsys, tmp_path, data)
+    assert "add close_server_listeners = true to [failover]" in _notes(err)["failover"]
+    assert config.failover.close_server_listeners is False  # offered, not imposed
+    assert "logging.level" not in _notes(err)  # INFO needs no note
+    # The option it names is one the converted config accepts.
+    text = to_toml({**convert(data, home=str(tmp_path)).data,
+                    "failover": {"close_server_listeners": True}})  # fmt: skip
+    assert tt.parse_config(tomllib.loads(text)).failover.close_server_listeners is True
+
+
+async def _connects(port: int) -> bool:
+    try:
+        tcp = await trio.open_tcp_stream(LOCALHOST, port)
+    except OSError:
+        return False
+    await tcp.aclose()
+    return True
+
+
+@pytest.mark.parametrize("close_server_listeners", [True, False])
+async def test_close_server_listeners_closes_the_server_ports_for_the_close_period(
+    nursery: trio.Nursery, close_server_listeners: bool
+) -> None:
+    """As tcp-over-websocket's server did: after a switch away from an active client, the
+    server's own listen ports refuse connections for the close period, then serve the new
+    active client. Off (the default), they stay open throughout."""
+    echo = await start_service(nursery, echo_handler)
+    failover = tt.FailoverSettings(
+        standby_socket_close_secs=1, close_server_listeners=close_server_listeners
+    )
+    server = server_config(listen={"down": 0}, failover=failover)
+    clients = [client_config(cid, 0, connect={"down": echo}) for cid in (1, 2)]
+    with trio.fail_after(30):
+        async with open_rig(server, clients) as rig:
+            port = rig.server_port("down")
+            assert rig.server.state.active == 1
+            await rig.stop_client(1)
+            await rig.server.wait_state(lambda state: state.active == 2)
+            await trio.testing.wait_all_tasks_blocked()  # the listener tasks saw the close
+            assert await _connects(port) is not close_server_listeners
+            while not await _connects(port):
+                await trio.sleep(0.05)
+            assert rig.server_port("down") == port  # reopened on the same port
+            async with await trio.open_tcp_stream(LOCALHOST, port) as tcp:
+                await tcp.send_all(b"after")
+                await tcp.send_eof()
+                assert await read_to_end(tcp) == (b"after", "eof")

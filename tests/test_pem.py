@@ -327,11 +327,6 @@ async def test_wss_handshake_with_shuffled_bundles(tmp_path: Path) -> None:
 # --- through the config and a real tunnel -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until the config step validates tls_bundle with _tls.check_bundle instead of "
-    "ssl's load_cert_chain (the lead wires it; then remove this mark)",
-)
 async def test_a_tunnel_with_the_old_tools_bundles(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Server and client 1 with bundles in tcp-over-websocket's order, mutual TLS, pinning."""
     echo = await start_service(nursery, echo_handler)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
 import trio_tunnel as tt
+from trio_tunnel import _cli
+from trio_tunnel._reload import reread
 
 from .helpers import (
     LOCALHOST,
@@ -103,3 +106,39 @@ async def test_client_reload_changes_listen_and_connect(nursery: trio.Nursery) -
                 await tcp.send_all(b"quiet")
                 await tcp.send_eof()
                 assert await read_to_end(tcp) == (b"QUIET", "eof")
+
+
+async def test_sighup_reload_does_both_config_steps_and_refuses_a_broken_environment(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What SIGHUP runs (_cli._reload): the file and then the files it names are read (off
+    the event loop); a config that parses but names a missing file changes nothing."""
+    echo = await start_service(nursery, echo_handler)
+    config = server_config(listen={"a": 0})
+    path = tmp_path / "server.toml"
+    text = 'role = "server"\n[websocket]\nurl = "ws://127.0.0.1:0/"\n{extra}\n'
+    text += '[[listen]]\ntunnel = "b"\nport = 0\n'
+    with trio.fail_after(20):
+        async with open_rig(config, [client_config(1, 0, connect={"a": echo, "b": echo})]) as rig:
+            path.write_text(text.format(extra=f'auth_token_file = "{tmp_path}/missing"'))
+            await _cli._reload(rig.server, path)
+            assert rig.server.config.listen == config.listen  # refused: nothing changed
+            assert "websocket.auth_token_file: cannot read" in caplog.text
+            path.write_text(text.format(extra=""))
+            await _cli._reload(rig.server, path)
+            assert [entry.tunnel for entry in rig.server.config.listen] == ["b"]
+            await _echo_once(rig.server_port("b"))
+
+
+async def test_reread_reports_each_step_as_its_own_error(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('role = "client"\nclient_id = 3\n[websocket]\nurl = "ws://h:1/"\n')
+    with pytest.raises(tt.ConfigError) as info:
+        await reread(path)
+    assert not isinstance(info.value, tt.ConfigLoadError)  # the config itself: exit 2
+    path.write_text(
+        'role = "client"\nclient_id = 1\n[websocket]\nurl = "ws://h:1/"\n'
+        f'auth_token_file = "{tmp_path}/none"\n'
+    )
+    with pytest.raises(tt.ConfigLoadError, match=rf"^{path}: websocket\.auth_token_file"):
+        await reread(path)

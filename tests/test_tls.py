@@ -234,7 +234,8 @@ def test_tls_config_errors_name_the_key(pki: Pki, tmp_path: Path) -> None:
         client_id = 1 if role == "client" else None
         url = str(ws.pop("url", "wss://127.0.0.1:9000/"))
         with pytest.raises(tt.ConfigError) as info:
-            tt.Config(role=role, client_id=client_id, websocket=tt.WebSocketSettings(url=url, **ws))  # type: ignore[arg-type]
+            ws_settings = tt.WebSocketSettings(url=url, **ws)  # type: ignore[arg-type]
+            tt.load_environment(tt.Config(role=role, client_id=client_id, websocket=ws_settings))
         return str(info.value)
 
     assert "websocket.tls_bundle: required" in problem()

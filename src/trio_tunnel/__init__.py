@@ -2,7 +2,8 @@
 
 The public API::
 
-    config = trio_tunnel.load_config("server.toml")
+    config = trio_tunnel.load_config("server.toml")  # pure: reads only the TOML file
+    environment = trio_tunnel.load_environment(config)  # optional: TLS files, token, names
     async with trio_tunnel.open_server(config) as server:
         ...
     async with trio_tunnel.open_client(client_config) as client:
@@ -14,6 +15,7 @@ from ._client import open_client as open_client
 from ._client import serve_client as serve_client
 from ._config import Config as Config
 from ._config import Connect as Connect
+from ._config import Environment as Environment
 from ._config import FailoverSettings as FailoverSettings
 from ._config import Listen as Listen
 from ._config import LoggingSettings as LoggingSettings
@@ -22,8 +24,10 @@ from ._config import StreamSettings as StreamSettings
 from ._config import WebSocketSettings as WebSocketSettings
 from ._config import describe_config as describe_config
 from ._config import load_config as load_config
+from ._config import load_environment as load_environment
 from ._config import parse_config as parse_config
 from ._errors import ConfigError as ConfigError
+from ._errors import ConfigLoadError as ConfigLoadError
 from ._errors import HandshakeError as HandshakeError
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError

@@ -16,13 +16,24 @@ from typing import Any
 import trio
 
 from . import _migrate, _status, _winservice
-from ._client import Client, serve_client
-from ._config import Config, LoggingSettings, describe_config, load_config
-from ._errors import ConfigError
-from ._server import Server, serve_server
+from ._client import Client
+from ._config import (
+    Config,
+    Environment,
+    LoggingSettings,
+    describe_config,
+    load_config,
+    load_environment,
+)
+from ._errors import ConfigError, ConfigLoadError
+from ._reload import reread
+from ._server import Server
 
 log = logging.getLogger("trio_tunnel")
 
+# Exit statuses, for systemd's RestartPreventExitStatus=2 and the like: 2 means the config
+# itself is wrong (restarting cannot help); 1 means the environment (a file the config names,
+# a name that does not resolve, a busy port) or a failure while running (a restart may help).
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -41,7 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args)
 
 
-def _load(argument: str) -> Config | None:
+def _load(argument: str) -> tuple[Config, Environment] | int:
+    """Both steps for one file: the config and its environment, or the exit status."""
+    config = _parse(argument)
+    if config is None:
+        return EXIT_CONFIG
+    environment = _load_environment(config, argument)
+    if environment is None:
+        return EXIT_FAILURE
+    return config, environment
+
+
+def _parse(argument: str) -> Config | None:
+    """The config in the file (step 1, pure but for reading the file), or None if reported."""
     try:
         return load_config(_config_path(argument))
     except ConfigError as exc:
@@ -49,29 +72,80 @@ def _load(argument: str) -> Config | None:
         return None
 
 
+def _load_environment(config: Config, argument: str) -> Environment | None:
+    """What the config names (step 2), with its warnings printed; None if reported."""
+    try:
+        environment = load_environment(config, str(_config_path(argument)))
+    except ConfigLoadError as exc:
+        print(f"trio-tunnel: {exc}", file=sys.stderr)
+        return None
+    for warning in environment.warnings:
+        print(f"trio-tunnel: warning: {warning}", file=sys.stderr)
+    return environment
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
-    print(f"{args.config}: OK")
+    if len(args.config) > 1:
+        return _check_together(args.config)
+    loaded = _load(args.config[0])
+    if isinstance(loaded, int):
+        return loaded
+    config, _environment = loaded
+    print(f"{args.config[0]}: OK")
     print(describe_config(config))
     return EXIT_OK
 
 
+def _check_together(arguments: Sequence[str]) -> int:
+    """``check server.toml client1.toml client2.toml``: each file, then the set of them.
+
+    The cross-file rules run whenever every file parses, even if one's environment does not
+    load (they then compare what the configs say, without the tokens and certificates).
+    """
+    from ._config import Member, check_together
+
+    members: list[Member] = []
+    status = EXIT_OK
+    for argument in arguments:
+        config = _parse(argument)
+        if config is None:
+            status = EXIT_CONFIG
+            continue
+        environment = _load_environment(config, argument)
+        if environment is None:
+            status = max(status, EXIT_FAILURE)
+        members.append(Member(str(_config_path(argument)), config, environment))
+    if len(members) == len(arguments):
+        problems = check_together(members)
+        for problem in problems:
+            print(f"trio-tunnel: {problem}", file=sys.stderr)
+        if problems:
+            status = EXIT_CONFIG
+    if status != EXIT_OK:
+        return status
+    for argument, member in zip(arguments, members, strict=True):
+        print(f"{argument}: OK")
+        print("  " + describe_config(member.config).replace("\n", "\n  "))
+    print(f"together: OK ({len(members)} files agree)")
+    return EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
+    loaded = _load(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    config, environment = loaded
     setup_logging(config.logging.level)
     try:
-        trio.run(_run, config, _config_path(args.config))
+        trio.run(_run, config, environment, _config_path(args.config))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT before trio installed its handler
         pass
     except Exception as exc:
         startup = _os_errors(exc)
         if not startup:
             raise
-        log.error("cannot start: %s", "; ".join(str(e) for e in startup))
+        # The messages name what failed (key, address:port); the "[Errno N]" adds nothing.
+        log.error("cannot start: %s", "; ".join(e.strerror or str(e) for e in startup))
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -105,8 +179,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a server or client from a TOML config")
     run.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
     run.set_defaults(handler=_cmd_run)
-    check = sub.add_parser("check", help="validate a config and print what it would do")
-    check.add_argument("config", help="the TOML config file (or a directory holding config.toml)")
+    check = sub.add_parser(
+        "check",
+        help="validate a config and print what it would do; given a server's and its clients'"
+        " files, also check that they work together",
+        description="Exit status: 0 all good, 2 an error in a config (or between the files),"
+        " 1 a problem of this machine (a file the config names, a name that does not resolve).",
+    )
+    check.add_argument(
+        "config",
+        nargs="+",
+        help="the TOML config file (or a directory holding config.toml); several files are"
+        " checked together (a server and its clients)",
+    )
     check.set_defaults(handler=_cmd_check)
     demo = sub.add_parser(
         "demo",
@@ -136,20 +221,29 @@ def setup_logging(settings: LoggingSettings | str) -> None:
     _logging.setup(settings)
 
 
-async def _run(config: Config, path: Path) -> None:
+async def _run(config: Config, environment: Environment, path: Path) -> None:
     from ._metrics_http import serve_metrics
 
     # The caller logged to stdout only, so that a failure here is still reported; now the
     # configured outputs (file, syslog) replace that.
     setup_logging(config.logging)
+    running: Server | Client = (
+        Server(config, environment) if config.is_server else Client(config, environment)
+    )
     async with trio.open_nursery() as nursery:
-        running: Server | Client
-        if config.role == "server":
-            running = await nursery.start(serve_server, config)
-        else:
-            running = await nursery.start(serve_client, config)
-        if config.metrics.listen is not None:
-            await nursery.start(serve_metrics, config.metrics, running)
+        address = config.metrics.address
+        if address is not None:
+            # Bound before the tunnel says it is listening, so "listening" means all of it.
+            try:
+                await nursery.start(serve_metrics, config.metrics, running)
+            except OSError as exc:
+                host, port = address
+                shown = f"[{host}]" if ":" in host else host
+                raise OSError(
+                    exc.errno,
+                    f"metrics.listen: cannot listen on {shown}:{port}: {exc.strerror or exc}",
+                ) from exc
+        await nursery.start(running.serve)
         with trio.open_signal_receiver(*_run_signals()) as signals:
             async for signum in signals:
                 if signum == getattr(signal, "SIGHUP", None):
@@ -173,7 +267,9 @@ async def _reload(running: Server | Client, path: Path) -> None:
     """SIGHUP: re-read the config; apply what can change live, log what cannot."""
     log.info("SIGHUP received: reloading %s", path)
     try:
-        config = load_config(path)
+        # Both steps read files (and may resolve names): off the event loop, so pings and
+        # streams carry on meanwhile.
+        config, _environment = await reread(path)
     except ConfigError as exc:
         log.error("reload refused, running config kept: %s", exc)
         return

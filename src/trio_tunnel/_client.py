@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
 import trio_websocket
 
 from . import _ws
-from ._config import Config, Listen, read_token
+from ._config import Config, Environment, Listen, load_environment
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import client_handshake
 from ._listen import ListenerSet
@@ -25,7 +27,7 @@ from ._protocol import ResetCode
 from ._reload import reload_tunnels as _reload_tunnels
 from ._session import Refusal, Session, SessionSettings
 from ._stream import AppStream, TunnelStream, reset_tcp
-from ._tls import client_context, describe_tls_failure
+from ._tls import describe_tls_failure
 
 log = logging.getLogger("trio_tunnel.client")
 
@@ -35,7 +37,9 @@ _BIND_RETRY_SECS = 1.0
 class Client:
     """A running client. Get one from :func:`open_client` or ``nursery.start(serve_client)``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, environment: Environment | None = None) -> None:
+        """``environment`` is what ``load_environment(config)`` returned; without it the
+        client runs that load step (in a thread) when it starts serving."""
         if config.role != "client" or config.client_id is None:
             raise ValueError("Client needs a config with role = 'client' and a client_id")
         self.config = config
@@ -57,21 +61,9 @@ class Client:
             "client_id": self.client_id,
         }
         self.metrics.open_stream_bytes = self._open_stream_bytes
-        ws_settings = config.websocket
-        self._ssl_context = (
-            client_context(
-                tls_bundle=ws_settings.tls_bundle,
-                trusted_ca=ws_settings.trusted_ca,
-                trusted_peers=ws_settings.trusted_peers,
-                mutual_tls=ws_settings.mutual_tls,
-            )
-            if ws_settings.scheme == "wss"
-            else None
-        )
+        self._environment = environment
+        self._ssl_context: ssl.SSLContext | None = None
         self._headers: list[tuple[bytes, bytes]] = []
-        if ws_settings.auth_token_file:
-            token = read_token(ws_settings.auth_token_file).encode("ascii")
-            self._headers.append((b"Authorization", b"Bearer " + token))
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -106,6 +98,17 @@ class Client:
     async def serve(
         self, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
+        environment = self._environment
+        if environment is None:
+            # Side-effect free, so a cancel (SIGTERM during a slow DNS answer) need not wait.
+            environment = await trio.to_thread.run_sync(
+                load_environment, self.config, abandon_on_cancel=True
+            )
+        for warning in environment.warnings:
+            log.warning("%s", warning)
+        self._ssl_context = environment.ssl_context
+        if environment.auth_token is not None:
+            self._headers = [(b"Authorization", b"Bearer " + environment.auth_token)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._manage_listeners)
             task_status.started(self)
@@ -367,10 +370,16 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def open_client(config: Config) -> AsyncIterator[Client]:
-    """Run a client for the duration of the ``async with`` block."""
+async def open_client(
+    config: Config, environment: Environment | None = None
+) -> AsyncIterator[Client]:
+    """Run a client for the duration of the ``async with`` block.
+
+    ``environment`` is what ``load_environment(config)`` returned, if the caller ran the load
+    step already; without it the client runs it (in a thread) as it starts.
+    """
     async with trio.open_nursery() as nursery:
-        client: Client = await nursery.start(serve_client, config)
+        client: Client = await nursery.start(partial(serve_client, config, environment=environment))
         try:
             yield client
         finally:
@@ -378,7 +387,10 @@ async def open_client(config: Config) -> AsyncIterator[Client]:
 
 
 async def serve_client(
-    config: Config, *, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    environment: Environment | None = None,
+    task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a client until cancelled; ``nursery.start`` returns the :class:`Client`."""
-    await Client(config).serve(task_status=task_status)
+    await Client(config, environment).serve(task_status=task_status)

@@ -20,6 +20,15 @@ class ConfigError(TunnelError):
     """
 
 
+class ConfigLoadError(ConfigError):
+    """A valid config names what this machine cannot provide now.
+
+    A file missing, unreadable or holding the wrong thing, a host name that does not
+    resolve: the config itself is fine, and retrying later may succeed (exit status 1, where
+    a plain ConfigError exits 2). Raised by the load step, ``load_environment``.
+    """
+
+
 class ProtocolError(TunnelError):
     """The tunnel protocol was violated."""
 

@@ -28,7 +28,17 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._config import parse_config
+from ._config import load_environment, parse_config
+from ._config._checks import (
+    _BARE_KEY,
+    LOG_LEVELS,
+    MAX_DAYS_TO_KEEP,
+    MAX_TUNNEL_NAME,
+    TUNNEL_NAME_CHARS,
+    _format_path,
+    _Path,
+    _show,
+)
 from ._errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -70,13 +80,7 @@ _LISTEN_KEYS: Final = frozenset({"tunnelName", "listenPort", "listenBindAddress"
 _CONNECT_KEYS: Final = frozenset({"tunnelName", "connectToHost", "connectToPort"})
 # Python's level names that are not trio-tunnel's, and the level that means the same.
 _LEVEL_ALIASES: Final = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
-_OUR_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_NOT_IN_TUNNEL_NAME = re.compile(r"[^A-Za-z0-9._:-]+")
-_MAX_TUNNEL_NAME: Final = 64
-_MAX_DAYS_TO_KEEP: Final = 3650
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-_Path = tuple[str | int, ...]
+_NOT_IN_TUNNEL_NAME = re.compile(rf"[^{TUNNEL_NAME_CHARS}]+")
 _NO_CLIENT_AUTH: Final = (
     "without mutual TLS anyone who reaches the server's port can claim to be client 1 or 2:"
     " consider wss:// with mutual_tls, or websocket.auth_token_file"
@@ -128,25 +132,6 @@ def read_json_config(path: str | os.PathLike[str]) -> tuple[str, Any]:
         raise ConfigError(f"{name}: not valid JSON: {exc}") from exc
 
 
-def _format_path(path: _Path) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 class _Reader:
     """Typed access to the JSON with errors that name the key path."""
 
@@ -161,7 +146,7 @@ class _Reader:
 
     def table(self, value: object, path: _Path, known: frozenset[str]) -> Mapping[str, Any]:
         if not isinstance(value, dict):
-            self.fail(path, f"expected an object (got {_show(value)})")
+            self.fail(path, f"expected an object (got {_show(value, json=True)})")
         for key in value:
             if key not in known:
                 hint = ""
@@ -197,7 +182,7 @@ class _Reader:
         else:
             ok, expected = isinstance(value, kind), f"a {kind.__name__}"
         if not ok:
-            self.fail(where, f"expected {expected} (got {_show(value)})")
+            self.fail(where, f"expected {expected} (got {_show(value, json=True)})")
         if isinstance(value, str):
             try:
                 value.encode("utf-8")
@@ -238,6 +223,19 @@ def convert(old: object, *, home: str, source: str = "config.json") -> Conversio
     close_secs = reader.get(top, (), "standbySocketCloseDurationSecs", float, required=False)
     if close_secs is not None:
         data["failover"] = {"standby_socket_close_secs": close_secs}
+        if not is_server:
+            reader.notes.append(
+                "standbySocketCloseDurationSecs: carried over, but a client's value is ignored:"
+                " the server's failover.standby_socket_close_secs governs (the server sends it"
+                " to each client as it connects), so set the period in the server's config"
+            )
+    if is_server:
+        reader.notes.append(
+            "failover: on every switch tcp-over-websocket's server also closed its own listen"
+            " ports for standbySocketCloseDurationSecs; trio-tunnel's keeps them open and"
+            " sends new connections to the new active client at once. For the old behaviour"
+            " add close_server_listeners = true to [failover]"
+        )
 
     listens = _array(reader, top, "tcpTunnelListens")
     connects = _array(reader, top, "tcpTunnelConnects")
@@ -375,9 +373,9 @@ def _tunnel_name(reader: _Reader, value: str, path: _Path) -> str:
     name = _NOT_IN_TUNNEL_NAME.sub("_", value)
     if not name[0].isalnum():  # only ASCII is left
         name = "t" + name
-    if len(name) > _MAX_TUNNEL_NAME:
+    if len(name) > MAX_TUNNEL_NAME:
         digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
-        name = f"{name[: _MAX_TUNNEL_NAME - 9]}-{digest}"
+        name = f"{name[: MAX_TUNNEL_NAME - 9]}-{digest}"
     if name != value:
         reader.warnings.append(
             f"{_format_path(path)}: tunnel {value!r} is named {name!r} (trio-tunnel's names are"
@@ -430,20 +428,34 @@ def _logging(reader: _Reader, value: object, *, home: str) -> dict[str, Any]:
         level = "INFO"
     elif level in _LEVEL_ALIASES:
         level = _LEVEL_ALIASES[level]
-    elif level not in _OUR_LEVELS:
+    elif level not in LOG_LEVELS:
         reader.warnings.append(
             f"logging.level: tcp-over-websocket did not know {level!r} (level names are"
             " upper-case) and logged at INFO; so does this config"
         )
         level = "INFO"
+    if level == "DEBUG":
+        reader.notes.append(
+            "logging.level: DEBUG is carried over: it turns on the debug lines of trio-tunnel"
+            " and of the libraries below it, which with the root logger at DEBUG include"
+            " trio-websocket's and wsproto's lines for every WebSocket message (most of a busy"
+            ' log); for production use "INFO", and to debug one part set [logging] levels,'
+            ' such as levels = { "trio_tunnel.stream" = "DEBUG" }'
+        )
+    reader.notes.append(
+        "logging: the line format changed: each line is the time, the level, the logger name"
+        " (trio_tunnel.server, trio_tunnel.client, trio_tunnel.stream, ...) and trio-tunnel's"
+        " own message, so log filters and alerts written for tcp-over-websocket's lines need"
+        ' rewriting (match on logger names and levels, or set [logging] format = "json")'
+    )
     stdout = reader.get(table, path, "logToStdout", bool, required=False)
     days = reader.get(table, path, "daysToKeep", int, required=False)
     if days == 0:
         reader.warnings.append(
             f"logging.daysToKeep: 0 kept every old log file; trio-tunnel keeps at most"
-            f" {_MAX_DAYS_TO_KEEP} days"
+            f" {MAX_DAYS_TO_KEEP} days"
         )
-        days = _MAX_DAYS_TO_KEEP
+        days = MAX_DAYS_TO_KEEP
     logging: dict[str, Any] = {
         "level": level,
         "stdout": bool(stdout),
@@ -565,7 +577,8 @@ def _cmd_import_json(args: argparse.Namespace) -> int:
     for note in conversion.notes:
         print(f"trio-tunnel: note: {note}", file=sys.stderr)
     try:
-        parse_config(tomllib.loads(text), f"{source} (converted)")
+        name = f"{source} (converted)"
+        load_environment(parse_config(tomllib.loads(text), name), name)
     except ConfigError as exc:
         print(
             "trio-tunnel: the converted config does not pass `trio-tunnel check` on this"

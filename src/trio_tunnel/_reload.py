@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import attrs
+import trio
 
-from ._config import Config
+from ._config import Config, Environment, load_config, load_environment
 
 log = logging.getLogger("trio_tunnel.reload")
 
@@ -54,3 +56,18 @@ def reload_tunnels(running: Config, new: Config, who: str) -> Config:
     if running.is_server:
         return attrs.evolve(running, listen=new.listen, connect=new.connect, failover=new.failover)
     return attrs.evolve(running, listen=new.listen, connect=new.connect)
+
+
+async def reread(path: str | os.PathLike[str]) -> tuple[Config, Environment]:
+    """Both config steps for a reload, in a worker thread: reading the file, the TLS files and
+    the token, and resolving names must not hold up the event loop (pings are due meanwhile).
+
+    Raises ConfigError (or ConfigLoadError) as the steps do.
+    """
+
+    def both() -> tuple[Config, Environment]:
+        config = load_config(path)
+        return config, load_environment(config, os.fspath(path))
+
+    # It only reads, so a cancel (SIGTERM during a slow DNS answer) need not wait for it.
+    return await trio.to_thread.run_sync(both, abandon_on_cancel=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,7 +21,7 @@ import attrs
 import trio
 
 from . import _ws
-from ._config import Config, read_token
+from ._config import Config, Environment, load_environment
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import ListenerSet
@@ -29,7 +30,6 @@ from ._protocol import ResetCode
 from ._reload import reload_tunnels
 from ._session import Refusal, Session, SessionSettings
 from ._stream import AppStream, reset_tcp
-from ._tls import server_context
 
 log = logging.getLogger("trio_tunnel.server")
 
@@ -71,7 +71,9 @@ class _Client:
 class Server:
     """A running server. Get one from :func:`open_server` or ``nursery.start(serve_server)``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, environment: Environment | None = None) -> None:
+        """``environment`` is what ``load_environment(config)`` returned; without it the
+        server runs that load step (in a thread) when it starts serving."""
         if config.role != "server":
             raise ValueError("Server needs a config with role = 'server'")
         self.config = config
@@ -84,23 +86,12 @@ class Server:
         self._changed = trio.Event()
         self._supervisor: trio.Nursery | None = None
         self.websocket_port = 0
-        ws_settings = config.websocket
-        self._ssl_context = (
-            server_context(
-                tls_bundle=ws_settings.tls_bundle,
-                trusted_ca=ws_settings.trusted_ca,
-                trusted_peers=ws_settings.trusted_peers,
-                mutual_tls=ws_settings.mutual_tls,
-            )
-            if ws_settings.scheme == "wss" and ws_settings.tls_bundle is not None
-            else None
-        )
-        self._token = (
-            read_token(ws_settings.auth_token_file).encode("ascii")
-            if ws_settings.auth_token_file
-            else None
-        )
+        self._environment = environment
+        self._ssl_context: ssl.SSLContext | None = None
+        self._token: bytes | None = None
         self._listeners = ListenerSet(self._on_tcp)
+        # [failover] close_server_listeners: the listen ports stay closed until then.
+        self._listeners_closed_until = float("-inf")
         self.listen_ports = self._listeners.ports
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
@@ -137,20 +128,39 @@ class Server:
         self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
         ws_settings = self.config.websocket
+        environment = self._environment
+        if environment is None:
+            # Side-effect free, so a cancel (SIGTERM during a slow DNS answer) need not wait.
+            environment = await trio.to_thread.run_sync(
+                load_environment, self.config, abandon_on_cancel=True
+            )
+        for warning in environment.warnings:
+            log.warning("%s", warning)
+        self._ssl_context = environment.ssl_context
+        self._token = environment.auth_token
         async with trio.open_nursery() as nursery:
             self._supervisor = nursery
-            self.websocket_port = await nursery.start(
-                partial(
-                    _ws.serve,
-                    self._on_websocket,
-                    ws_settings.host,
-                    ws_settings.port,
-                    ssl_context=self._ssl_context,
-                    handshake_timeout=ws_settings.handshake_timeout_secs,
-                    close_timeout=ws_settings.close_timeout_secs,
-                    on_refused=self.metrics.refused,
+            try:
+                self.websocket_port = await nursery.start(
+                    partial(
+                        _ws.serve,
+                        self._on_websocket,
+                        ws_settings.host,
+                        ws_settings.port,
+                        ssl_context=self._ssl_context,
+                        handshake_timeout=ws_settings.handshake_timeout_secs,
+                        close_timeout=ws_settings.close_timeout_secs,
+                        on_refused=self.metrics.refused,
+                    )
                 )
-            )
+            except OSError as bind_error:  # a busy port: say which, as for the tunnel ports
+                host = ws_settings.host
+                shown = f"[{host}]" if ":" in host else host
+                raise OSError(
+                    bind_error.errno,
+                    f"websocket.url: cannot listen on {shown}:{ws_settings.port}:"
+                    f" {bind_error.strerror or bind_error}",
+                ) from bind_error
             failures = await self._listeners.apply(nursery, self.config.listen)
             if failures:
                 entry, exc = failures[0]
@@ -264,6 +274,8 @@ class Server:
         self.config = reload_tunnels(self.config, config, "server")
         self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
         assert self._supervisor is not None
+        if trio.current_time() < self._listeners_closed_until:
+            return  # closed after a switch: they reopen with the new entries when it ends
         for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
             log.error(
                 "reload: cannot listen for tunnel %s on %s:%d: %s; it stays closed",
@@ -310,7 +322,41 @@ class Server:
             )
             assert self._supervisor is not None
             self._supervisor.start_soon(self._reset_streams_of, old, reason)
+        failover = self.config.failover
+        if (
+            old_active is not None
+            and failover.close_server_listeners
+            and failover.standby_socket_close_secs > 0
+        ):
+            self._close_listeners_for(failover.standby_socket_close_secs)
         self._log_state(f"active client {old_active} -> {new_active}: {reason}")
+
+    def _close_listeners_for(self, secs: float) -> None:
+        """``close_server_listeners``: as tcp-over-websocket's server did, refuse connections
+        on the server's own listen ports for the close period after a switch away from an
+        active client, so applications see the failover and reconnect later."""
+        self._listeners_closed_until = trio.current_time() + secs
+        self._listeners.close_all()
+        log.info(
+            "server listen ports closed for %gs after the switch (close_server_listeners)", secs
+        )
+        assert self._supervisor is not None
+        self._supervisor.start_soon(self._reopen_listeners)
+
+    async def _reopen_listeners(self) -> None:
+        await trio.sleep_until(self._listeners_closed_until)
+        if trio.current_time() < self._listeners_closed_until:
+            return  # a later switch extended the period; its own task reopens them
+        assert self._supervisor is not None
+        for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
+            log.error(
+                "cannot reopen the listener of tunnel %s on %s:%d: %s; it stays closed",
+                entry.tunnel,
+                entry.bind,
+                entry.port,
+                exc.strerror or exc,
+            )
+        log.info("server listen ports reopened: %s", ", ".join(sorted(self.listen_ports)))
 
     async def _reset_streams_of(self, client: _Client, reason: str) -> None:
         count = await client.session.reset_all_streams(f"failover: {reason}")
@@ -444,14 +490,19 @@ def _is_loopback(host: str) -> bool:
 
 
 @asynccontextmanager
-async def open_server(config: Config) -> AsyncIterator[Server]:
+async def open_server(
+    config: Config, environment: Environment | None = None
+) -> AsyncIterator[Server]:
     """Run a server for the duration of the ``async with`` block.
+
+    ``environment`` is what ``load_environment(config)`` returned, if the caller ran the load
+    step already; without it the server runs it (in a thread) as it starts.
 
     >>> async with open_server(config) as server:  # doctest: +SKIP
     ...     print(server.websocket_port, server.listen_ports)
     """
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(serve_server, config)
+        server: Server = await nursery.start(partial(serve_server, config, environment=environment))
         try:
             yield server
         finally:
@@ -459,7 +510,10 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
 
 
 async def serve_server(
-    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    *,
+    environment: Environment | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Run a server until cancelled; ``nursery.start`` returns the :class:`Server`."""
-    await Server(config).serve(task_status=task_status)
+    await Server(config, environment).serve(task_status=task_status)

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable
 
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from . import _pem
 from ._peer import PeerStream, peer_address
@@ -42,6 +43,16 @@ def load_pins(path: str) -> frozenset[bytes]:
     trusted = _pem.load_trusted(path)
     _log_notes(path, trusted.notes)
     return frozenset(hashlib.sha256(der).digest() for der in trusted.der_certs())
+
+
+def bundle_digests(path: str) -> frozenset[bytes]:
+    """SHA-256 digests of the certificates of a ``tls_bundle`` (what this side presents),
+    without logging its notes (the config step reports them)."""
+    bundle = _pem.load_bundle(path)
+    return frozenset(
+        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+        for cert in bundle.chain
+    )
 
 
 def load_bundle_into(context: ssl.SSLContext, path: str, *, log_notes: bool = True) -> _pem.Bundle:

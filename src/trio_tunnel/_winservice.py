@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import trio
 
-from ._config import Config, load_config
-from ._errors import ConfigError
+from ._config import Config, load_config, load_environment
+from ._errors import ConfigError, ConfigLoadError
 
 __all__ = ["DEFAULT_NAME", "TunnelRunner", "WindowsUnavailable", "register"]
 
@@ -291,10 +291,10 @@ def _failed(action: str, name: str, exc: Exception) -> int:
 def _cmd_install(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
-        load_config(path)
+        load_environment(load_config(path), path)  # both steps, as `trio-tunnel check`
     except ConfigError as exc:
         print(f"trio-tunnel: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_FAILURE if isinstance(exc, ConfigLoadError) else EXIT_CONFIG
     try:
         win32service, win32serviceutil = _pywin32("win32service", "win32serviceutil")
         service_class = _tunnel_service_class()
