@@ -68,7 +68,9 @@ async def websocket_pair() -> AsyncIterator[tuple[_ws.WebSocket, _ws.WebSocket]]
         accepted: list[trio_websocket.WebSocketConnection] = []
 
         async def serve() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+            request = await trio_websocket.wrap_server_stream(
+                nursery, server_stream, max_message_size=_ws.MAX_MESSAGE_SIZE
+            )
             accepted.append(await request.accept())
 
         nursery.start_soon(serve)
@@ -77,6 +79,7 @@ async def websocket_pair() -> AsyncIterator[tuple[_ws.WebSocket, _ws.WebSocket]]
             client_stream,  # type: ignore[arg-type]  # any trio stream works
             "tunnel.test",
             "/",
+            max_message_size=_ws.MAX_MESSAGE_SIZE,
         )
         await trio.testing.wait_all_tasks_blocked()
         (server,) = accepted
@@ -86,7 +89,7 @@ async def websocket_pair() -> AsyncIterator[tuple[_ws.WebSocket, _ws.WebSocket]]
 
 @asynccontextmanager
 async def session_pair(
-    window: int = WINDOW, max_streams: int = 100
+    window: int = WINDOW, max_streams: int = 100, idle_timeout: float = 0.0
 ) -> AsyncIterator[tuple[Session, Session, Acceptor]]:
     settings = SessionSettings(
         window=window,
@@ -95,6 +98,7 @@ async def session_pair(
         connect_timeout=5,
         ping_interval=5,
         ping_timeout=10,
+        idle_timeout=idle_timeout,
     )
     acceptor = Acceptor()
     async with websocket_pair() as (ws_client, ws_server), trio.open_nursery() as nursery:
@@ -233,3 +237,104 @@ async def test_a_silent_peer_is_declared_dead_at_the_ping_timeout(
             assert client.closing_reason is not None and "ping timeout" in client.closing_reason
             assert isinstance(info.value.__cause__, StreamReset)
             assert info.value.__cause__.code is ResetCode.SESSION_LOST
+
+
+async def test_a_message_packed_with_tiny_frames_closes_that_session_with_1008(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The flood of the hostile-networks table (246,720 frames in one 4 MiB message): the
+    receiving session refuses it whole, closing with the policy code."""
+    from trio_tunnel._protocol import FrameType, encode_frame
+
+    flood = encode_frame(FrameType.PING, 0, 1) * 246_720
+    with trio.fail_after(60):
+        async with session_pair() as (client, server, _acceptor):
+            await client.ws.send(flood)
+            while not server.closed:
+                await trio.sleep(0.01)
+            assert server.closing_reason is not None, server.closing_reason
+            assert server._close_code == 1008, server.closing_reason
+            assert "more than 4096 frames in one message" in server.closing_reason
+
+
+async def test_a_big_batch_is_handled_in_slices_with_yields_between(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """4,000 frames in one message (under the bound) are fed to the core 256 at a time, the
+    event loop running other tasks in between; every PING is still answered, in order."""
+    from trio_tunnel._protocol import FrameType, encode_frame
+    from trio_tunnel._session import SLICE_FRAMES
+
+    slices: list[int] = []
+    ran_between: list[int] = []
+    with trio.fail_after(60):
+        async with session_pair() as (client, server, _acceptor):
+            feed = server.conn.receive_frames
+
+            def spy(frames: Any, now: float, size: int) -> Any:
+                slices.append(len(frames))
+                return feed(frames, now, size)
+
+            server.conn.receive_frames = spy  # type: ignore[method-assign, assignment]
+            pongs: list[int] = []
+            client_feed = client.conn.receive_frames
+
+            def count_pongs(frames: Any, now: float, size: int) -> Any:
+                pongs.extend(f.arg for f in frames if f.type is FrameType.PONG)
+                return client_feed(frames, now, size)
+
+            client.conn.receive_frames = count_pongs  # type: ignore[method-assign, assignment]
+
+            async def other_work() -> None:
+                while len(slices) < 4000 // SLICE_FRAMES + 1:
+                    ran_between.append(len(slices))
+                    await trio.lowlevel.checkpoint()
+
+            await trio.testing.wait_all_tasks_blocked()
+            slices.clear()  # the keepalives' first PING and PONG went before
+            pongs.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other_work)
+                await client.ws.send(
+                    b"".join(encode_frame(FrameType.PING, 0, n) for n in range(4000))
+                )
+            while len(pongs) < 4000:
+                await trio.sleep(0.01)
+    assert slices == [SLICE_FRAMES] * (4000 // SLICE_FRAMES) + [4000 % SLICE_FRAMES]
+    assert pongs == list(range(4000))
+    # The other task ran while the message was being handled, not only before or after.
+    assert any(0 < n < len(slices) for n in ran_between)
+
+
+async def test_idle_streams_are_reset_at_idle_timeout_and_busy_ones_are_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(600):
+        async with session_pair(idle_timeout=30) as (client, _server, acceptor):
+            idle_near, _idle_far = await open_pair(client, acceptor)
+            busy_near, busy_far = await open_pair(client, acceptor)
+            start = trio.current_time()
+
+            async def chatter() -> None:
+                for _ in range(12):  # a byte every 10 s for 2 minutes: never idle
+                    await busy_near.send_all(b".")
+                    assert await busy_far.receive_some() == b"."
+                    await trio.sleep(10)
+
+            ended: list[BaseException | None] = []
+
+            async def wait_idle() -> None:
+                try:
+                    await idle_near.receive_some()
+                except trio.BrokenResourceError as exc:
+                    ended.append(exc.__cause__)
+                    ended.append(trio.current_time() - start)  # type: ignore[arg-type]
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(chatter)
+                nursery.start_soon(wait_idle)
+            cause, when = ended
+            assert isinstance(cause, StreamReset) and cause.code is ResetCode.IDLE
+            assert 30 <= when < 31  # type: ignore[operator]
+            await busy_near.send_all(b"still here")
+            assert await busy_far.receive_some() == b"still here"

@@ -178,6 +178,7 @@ class Client:
                 peer_window=peer_window,
                 max_streams=streams.max_streams_per_session,
                 connect_timeout=streams.connect_timeout_secs,
+                idle_timeout=streams.idle_timeout_secs,
                 ping_interval=ws_settings.ping_interval_secs,
                 ping_timeout=ws_settings.ping_timeout_secs,
             )

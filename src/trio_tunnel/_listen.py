@@ -16,6 +16,8 @@ from typing import NoReturn
 import trio
 
 from ._config import Listen
+from ._peer import peer_address
+from ._stream import reset_tcp
 
 log = logging.getLogger("trio_tunnel.listen")
 
@@ -57,7 +59,13 @@ async def _accept_loop(
             if logged:
                 log.warning("accept on %s recovered", listener.socket.getsockname())
                 logged = False
-            on_accept(tcp)
+            try:
+                on_accept(tcp)
+            except Exception:
+                # A bug in handing one connection on must not end the listener: reset that
+                # connection, log it (with the traceback: it is a bug), keep accepting.
+                log.exception("tunnel connection from %s: internal error", peer_address(tcp))
+                reset_tcp(tcp)
 
 
 class ListenerSet:

@@ -446,6 +446,7 @@ class Server:
             peer_window=hello.window,
             max_streams=streams.max_streams_per_session,
             connect_timeout=streams.connect_timeout_secs,
+            idle_timeout=streams.idle_timeout_secs,
             ping_interval=ws_settings.ping_interval_secs,
             ping_timeout=ws_settings.ping_timeout_secs,
         )

@@ -22,6 +22,7 @@ import trio
 
 from ._errors import RemoteProtocolError, StreamReset
 from ._metrics import Metrics
+from ._peer import peer_address
 from ._protocol import (
     CloseCode,
     Connection,
@@ -44,6 +45,7 @@ from ._ws import ConnectionClosed, WebSocket
 log = logging.getLogger("trio_tunnel.session")
 
 Refusal = tuple[ResetCode, str]
+SLICE_FRAMES = 256  # frames handled between two yields to the event loop
 # Where a stream the peer opened goes: a TCP address to connect to, a refusal, or a callable
 # that takes the stream as an application stream.
 Target = tuple[str, int] | Refusal | Callable[[AppStream], None]
@@ -57,6 +59,7 @@ class SessionSettings:
     connect_timeout: float
     ping_interval: float
     ping_timeout: float
+    idle_timeout: float = 0.0  # reset streams idle this long; 0 = never
 
 
 class SessionOwner(Protocol):
@@ -160,7 +163,7 @@ class Session:
         The session takes ownership of ``tcp``; if it cannot (closed, or at its stream limit)
         the connection is reset and ``None`` returned.
         """
-        peer = _peer_name(tcp)
+        peer = peer_address(tcp)
         opened = (
             None if self._nursery is None or self.closed else self.conn.open_stream(tunnel, epoch)
         )
@@ -287,12 +290,20 @@ class Session:
                 return
             self._last_rx = now = trio.current_time()
             try:
-                try:
-                    events = conn.receive_message(message, now)
-                finally:
-                    for frame in conn.take_frames():
-                        self.send_control_frame(frame)
-                self._handle(events)
+                frames = conn.decode(message)
+                # A message is fed in slices with a yield between them, so one session's big
+                # batch never keeps the event loop from the other client's session.
+                for start in range(0, len(frames), SLICE_FRAMES):
+                    if start:
+                        await trio.lowlevel.checkpoint()
+                    try:
+                        events = conn.receive_frames(
+                            frames[start : start + SLICE_FRAMES], now, len(message)
+                        )
+                    finally:
+                        for frame in conn.take_frames():
+                            self.send_control_frame(frame)
+                    self._handle(events)
             except RemoteProtocolError as exc:
                 self._protocol_failure(exc)
                 return
@@ -309,6 +320,7 @@ class Session:
                     if stream.app_closed:  # like TCP: data after close is answered by a reset
                         self.reset_stream(stream, ResetCode.CANCELLED, "data arrived after close")
                     else:
+                        stream.last_active = self._last_rx
                         stream.inbound_send.send_nowait(event.payload)
             elif kind is CreditGranted:
                 stream = streams.get(event.stream_id)
@@ -358,6 +370,7 @@ class Session:
         interval = self.settings.ping_interval
         timeout = self.settings.ping_timeout
         reorder = self.conn.reorder_secs
+        idle = self.settings.idle_timeout
         nonce = 0
         next_ping = trio.current_time()
         while True:
@@ -378,7 +391,24 @@ class Session:
                 for frame in self.conn.take_frames():
                     self.send_control_frame(frame)
                 self._handle(expired)
-            await trio.sleep_until(min(next_ping, self._last_rx + timeout, now + reorder))
+            wake = min(next_ping, self._last_rx + timeout, now + reorder)
+            if idle:
+                wake = min(wake, self._reset_idle_streams(now, idle))
+            await trio.sleep_until(wake)
+
+    def _reset_idle_streams(self, now: float, idle: float) -> float:
+        """Reset the streams that carried nothing for ``idle`` seconds; returns when the next
+        one could fall idle."""
+        next_check = now + idle
+        for stream in list(self._streams.values()):
+            since = stream.last_active
+            if now - since >= idle:
+                self.reset_stream(
+                    stream, ResetCode.IDLE, f"idle for {now - since:.0f}s (idle_timeout_secs)"
+                )
+            else:
+                next_check = min(next_check, since + idle)
+        return next_check
 
     def _on_open(self, event: StreamOpened) -> None:
         stream_id, tunnel = event.stream_id, event.tunnel
@@ -409,14 +439,6 @@ class Session:
         self._nursery.start_soon(
             run_stream, self, stream, None, (host, int(port)), self.settings.connect_timeout
         )
-
-
-def _peer_name(tcp: trio.SocketStream) -> str:
-    try:
-        host, port, *_ = tcp.socket.getpeername()
-    except OSError:
-        return "?"
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _close_text(exc: ConnectionClosed) -> str:

@@ -87,7 +87,7 @@ class TunnelStream:
         self.reset_remote = False
         self.bytes_out = 0  # TCP -> tunnel
         self.bytes_in = 0  # tunnel -> TCP
-        self.opened_at = trio.current_time()
+        self.opened_at = self.last_active = trio.current_time()
         self.flow: StreamFlow | None = None  # the core's counters, for inspection only
         self.app_closed = False  # an application stream closed by its application
 
@@ -263,6 +263,7 @@ async def _pump_tcp_to_tunnel(
                 writer.unreserve(stream.slot)
                 return
             stream.bytes_out += len(data)
+            stream.last_active = trio.current_time()
             writer.submit(stream.slot, header, data)
     except (trio.BrokenResourceError, OSError) as exc:
         host.reset_stream(stream, ResetCode.TCP_ERROR, f"TCP receive failed: {exc}")
@@ -386,6 +387,7 @@ class AppStream(TunnelStream, trio.abc.HalfCloseableStream):
                 assert header is not None
                 host.writer.submit(self.slot, header, chunk)
                 self.bytes_out += len(chunk)
+                self.last_active = trio.current_time()
                 view = view[len(chunk) :]
         finally:
             self._sending = False

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from ._ws import WebSocket
 
 BATCH_BYTES = 256 * 1024
+# Frames per message, well under what a receiver accepts (MAX_FRAMES_PER_MESSAGE, 4096):
+# control frames beyond it wait for the next message.
+BATCH_FRAMES = 1024
 
 
 class StreamSlot:
@@ -89,11 +92,13 @@ class Writer:
                 continue
             parts: list[bytes | memoryview] = []
             size = 0
-            while control:
+            while control and len(parts) < BATCH_FRAMES:
                 frame = control.popleft()
                 parts.append(frame)
                 size += len(frame)
-            while ready and size < BATCH_BYTES:
+            frames = len(parts)
+            while ready and size < BATCH_BYTES and frames < 2 * BATCH_FRAMES:
+                frames += 1
                 slot, header, payload = ready.popleft()
                 parts.append(header)
                 if payload:

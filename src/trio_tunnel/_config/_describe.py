@@ -77,6 +77,10 @@ def describe_config(config: Config) -> str:
         f" {streams.max_streams_per_session} streams per session, connect timeout"
         f" {streams.connect_timeout_secs:g}s"
     )
+    if streams.idle_timeout_secs:
+        lines.append(
+            f"  streams idle for {streams.idle_timeout_secs:g}s are reset (idle_timeout_secs)"
+        )
     lines.append(f"logging: level {config.logging.level}, {_describe_log_outputs(config.logging)}")
     if config.logging.levels:
         levels = ", ".join(f"{name} {level}" for name, level in config.logging.levels.items())

@@ -172,6 +172,10 @@ class StreamSettings(_Checked):
     connect_timeout_secs: float = attrs.field(
         default=10.0, converter=_as_float, metadata=_POSITIVE_SECS
     )
+    # Reset a stream that carried nothing either way for this long; 0 = never.
+    idle_timeout_secs: float = attrs.field(
+        default=0.0, converter=_as_float, metadata=_checked(_seconds(allow_zero=True))
+    )
 
 
 @attrs.frozen(kw_only=True)

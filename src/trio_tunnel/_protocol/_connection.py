@@ -44,6 +44,9 @@ from ._state import DONE, Input, StreamState, transition
 MAX_REASON_CHARS = 200
 REORDER_FRAMES = 64  # frames one stream may hold ahead of a gap
 REORDER_SECS = 2.0  # how long a gap may stay open before the stream is reset
+# The most frames one message may carry (our writer sends at most WRITER_FRAMES): past it the
+# peer is flooding, and the session is closed with 1008.
+MAX_FRAMES_PER_MESSAGE = 4096
 # Stream ids increase, and wrap to the lowest ids before the u32 runs out: an OPEN may go
 # back to a low id only from the top of the range.
 _WRAP_WINDOW = 2**24
@@ -98,6 +101,7 @@ class Connection:
         keep_unacked: bool = False,
         reorder_frames: int = REORDER_FRAMES,
         reorder_secs: float = REORDER_SECS,
+        max_frames_per_message: int = MAX_FRAMES_PER_MESSAGE,
     ) -> None:
         self.is_server = is_server
         self.window = window
@@ -106,6 +110,7 @@ class Connection:
         self.keep_unacked = keep_unacked
         self.reorder_frames = reorder_frames
         self.reorder_secs = reorder_secs
+        self.max_frames_per_message = max_frames_per_message
         self._first_id = 2 if is_server else 1
         self._next_id = self._first_id
         self._peer_parity = 1 if is_server else 0
@@ -149,11 +154,23 @@ class Connection:
     # -- inbound -------------------------------------------------------------------------
     def receive_message(self, message: bytes | bytearray | memoryview, now: float) -> list[Event]:
         """Every event one WebSocket message causes, in order."""
+        return self.receive_frames(self.decode(message), now, len(message))
+
+    def decode(self, message: bytes | bytearray | memoryview) -> list[Frame]:
+        """The frames of one message, at most ``max_frames_per_message`` of them."""
+        return decode_frames(message, self.max_frames_per_message)
+
+    def receive_frames(self, frames: list[Frame], now: float, message_size: int) -> list[Event]:
+        """The events of some frames of one message of ``message_size`` bytes, in order.
+
+        A shell may feed a message's frames in slices (and let other work run between them);
+        the events are the same as for the whole message at once.
+        """
         events: list[Event] = []
         # A payload kept as a view pins its whole message: copy the small ones out of a
         # batch, so a slow stream never holds other streams' data (at most 2x its window).
-        copy_below = len(message) // 2
-        for frame in decode_frames(message):
+        copy_below = message_size // 2
+        for frame in frames:
             kind = frame.type
             if kind is FrameType.DATA:
                 self._on_data(frame, now, copy_below, events)

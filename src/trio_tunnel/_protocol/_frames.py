@@ -83,8 +83,12 @@ def encode_frame(
     return _HEADER.pack(type_, stream_id, arg, len(payload)) + payload
 
 
-def decode_frames(message: bytes | bytearray | memoryview) -> list[Frame]:
-    """Every frame of one WebSocket message, payloads as zero-copy views into ``message``."""
+def decode_frames(message: bytes | bytearray | memoryview, limit: int | None = None) -> list[Frame]:
+    """Every frame of one WebSocket message, payloads as zero-copy views into ``message``.
+
+    More than ``limit`` frames in one message is a policy violation (close code 1008): a peer
+    that packs a message with tiny frames must not buy unbounded work per message.
+    """
     view = memoryview(message)
     frames: list[Frame] = []
     offset = 0
@@ -92,6 +96,8 @@ def decode_frames(message: bytes | bytearray | memoryview) -> list[Frame]:
     if end == 0:
         raise RemoteProtocolError("empty message")
     while offset < end:
+        if limit is not None and len(frames) >= limit:
+            raise RemoteProtocolError(f"more than {limit} frames in one message", close_code=1008)
         if end - offset < HEADER_SIZE:
             raise RemoteProtocolError(f"truncated frame header at byte {offset}")
         raw_type, stream_id, arg, length = _HEADER.unpack_from(view, offset)
