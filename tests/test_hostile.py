@@ -668,12 +668,13 @@ async def test_open_flood_beyond_max_streams_is_refused_per_stream(
             assert matching(logs, "protocol error from peer") == 0
 
 
-async def test_open_flood_in_one_message_past_the_control_queue_closes_with_1008(
+async def test_open_flood_in_one_message_past_the_frame_bound_closes_with_1008(
     logs: pytest.LogCaptureFixture,
 ) -> None:
-    """Thousands of refusals owed at once: the peer floods, the session ends (policy)."""
-    control_limit = 4 * MAX_STREAMS + 1024
-    count = control_limit + MAX_STREAMS + 100
+    """Thousands of refusals owed at once: more frames in one message than a peer may send
+    (4,096): the peer floods, the session ends (policy). Under the bound the refusals are
+    answered in slices, the writer draining between them."""
+    count = 4097
     with trio.fail_after(30):
         async with open_hostile() as hostile, good_traffic(hostile):
             async with raw_session(hostile.ws_port) as ws:
@@ -682,7 +683,7 @@ async def test_open_flood_in_one_message_past_the_control_queue_closes_with_1008
                 )
                 assert await ws.close_code() == 1008
             await wait_logged(
-                logs, "protocol error from peer: control queue full", 1, level=logging.WARNING
+                logs, "protocol error from peer: more than 4096 frames", 1, level=logging.WARNING
             )
 
 

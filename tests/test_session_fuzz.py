@@ -54,7 +54,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from trio_tunnel import _ws
-from trio_tunnel._errors import RemoteProtocolError
+from trio_tunnel._errors import RemoteProtocolError, WebSocketClosed
 from trio_tunnel._protocol import FRAME_COST, ResetCode, decode_frames
 from trio_tunnel._session import Refusal, Session, SessionSettings
 from trio_tunnel._stream import TunnelStream
@@ -152,8 +152,11 @@ class MemoryWebSocket(_ws.WebSocket):
     def remote(self) -> str:
         return f"memory:{self._direction}"
 
-    def _closed(self) -> trio_websocket.ConnectionClosed:
-        return trio_websocket.ConnectionClosed(self._link.close_reason)
+    def _closed(self) -> WebSocketClosed:
+        reason = self._link.close_reason
+        if reason is None:
+            return WebSocketClosed(None, None)
+        return WebSocketClosed(reason.code, reason.reason)
 
     async def send(self, message: bytes) -> None:
         if self._link.close_reason is not None:
@@ -744,7 +747,7 @@ TestSessionPair = SessionPair.TestCase
 
 
 def test_memory_pair_behaves_like_a_websocket() -> None:
-    """The stand-in raises ConnectionClosed with the closer's code, like ``_ws.WebSocket``."""
+    """The stand-in raises WebSocketClosed with the closer's code, like ``_ws.WebSocket``."""
 
     async def main() -> None:
         link = Link(0)
@@ -755,11 +758,10 @@ def test_memory_pair_behaves_like_a_websocket() -> None:
         for call in (a.receive(), a.send(b"two")):
             try:
                 await call
-            except trio_websocket.ConnectionClosed as exc:
-                assert exc.reason is not None
-                assert exc.reason.code == 1002
+            except WebSocketClosed as exc:
+                assert exc.code == 1002
             else:
-                raise AssertionError("no ConnectionClosed")
+                raise AssertionError("no WebSocketClosed")
 
     trio.run(main)
 

@@ -34,6 +34,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import StreamReset as StreamReset
 from ._errors import TunnelError as TunnelError
+from ._errors import WebSocketClosed as WebSocketClosed
 from ._metrics_http import serve_metrics as serve_metrics
 from ._protocol import ResetCode as ResetCode
 from ._server import ClientInfo as ClientInfo

@@ -134,7 +134,7 @@ class Client:
                 OSError,
                 HandshakeError,
                 trio_websocket.HandshakeError,
-                trio_websocket.ConnectionClosed,
+                _ws.ConnectionClosed,
                 RemoteProtocolError,
                 trio.TooSlowError,
                 trio.BrokenResourceError,

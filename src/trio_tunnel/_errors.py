@@ -52,6 +52,23 @@ class SequenceError(ProtocolError):
     """A DATA or EOF frame arrived out of sequence (gap or duplicate): reset the stream."""
 
 
+class WebSocketClosed(TunnelError):
+    """The WebSocket under a session closed (a close frame either way, or the connection
+    broke). ``code`` and ``reason`` are the close frame's, ``None`` when there was none.
+
+    trio-websocket's own exceptions never pass the ``_ws`` boundary: they become this.
+    """
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        if code is None:
+            text = "no close frame"
+        else:
+            text = f"code {code}" + (f": {reason}" if reason else "")
+        super().__init__(text)
+        self.code = code
+        self.reason = reason
+
+
 class HandshakeError(TunnelError):
     """The tunnel handshake failed: wrong version, role, client id or a timeout."""
 

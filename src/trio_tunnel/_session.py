@@ -275,7 +275,7 @@ class Session:
         try:
             await self.writer.run()
         except ConnectionClosed as exc:
-            self.close(f"WebSocket closed ({_close_text(exc)})")
+            self.close(f"WebSocket closed ({exc})")
 
     async def _read_loop(self) -> None:
         conn = self.conn
@@ -283,7 +283,7 @@ class Session:
             try:
                 message = await self.ws.receive()
             except ConnectionClosed as exc:
-                self.close(f"WebSocket closed ({_close_text(exc)})")
+                self.close(f"WebSocket closed ({exc})")
                 return
             except RemoteProtocolError as exc:
                 self._protocol_failure(exc)
@@ -439,10 +439,3 @@ class Session:
         self._nursery.start_soon(
             run_stream, self, stream, None, (host, int(port)), self.settings.connect_timeout
         )
-
-
-def _close_text(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "no reason"
-    return f"code {reason.code}" + (f": {reason.reason}" if reason.reason else "")

@@ -82,7 +82,7 @@ class Writer:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Send until cancelled or the WebSocket closes (raises ``ConnectionClosed``)."""
+        """Send until cancelled or the WebSocket closes (raises :class:`WebSocketClosed`)."""
         control = self._control
         ready = self._ready
         while True:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any, NoReturn
 
@@ -25,7 +25,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 from . import _mask
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, WebSocketClosed
 from ._peer import PeerListener, PeerStream
 from ._tls import TlsListener
 
@@ -34,9 +34,21 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
 MAX_PENDING_UPGRADES = 512
 
-ConnectionClosed = trio_websocket.ConnectionClosed
+ConnectionClosed = WebSocketClosed  # the name the rest of the package catches
 FAST_MASKING = _mask.FAST_MASKING
 log = logging.getLogger("trio_tunnel.websocket")
+
+
+@contextmanager
+def map_exceptions() -> Iterator[None]:
+    """trio-websocket's exceptions become the package's (httpcore's ``map_exceptions``)."""
+    try:
+        yield
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason
+        if reason is None:
+            raise WebSocketClosed(None, None) from exc
+        raise WebSocketClosed(reason.code, reason.reason) from exc
 
 
 class WebSocket:
@@ -51,12 +63,14 @@ class WebSocket:
         return _endpoint_text(self._ws.remote)
 
     async def send(self, message: bytes) -> None:
-        """Send one binary message. Raises :class:`ConnectionClosed` once closed."""
-        await self._ws.send_message(message)
+        """Send one binary message. Raises :class:`WebSocketClosed` once closed."""
+        with map_exceptions():
+            await self._ws.send_message(message)
 
     async def receive(self) -> bytes:
         """The next binary message. A text message is a protocol error."""
-        message = await self._ws.get_message()
+        with map_exceptions():
+            message = await self._ws.get_message()
         if isinstance(message, str):
             raise RemoteProtocolError("text message on a binary tunnel", close_code=1003)
         return message
