@@ -286,6 +286,7 @@ async def test_demoted_client_keeps_its_listeners_closed_for_the_close_period(
             server = deployment.server
             old, new = deployment.client(1), deployment.client(2)
             await new.wait_for("listening")
+            port = old.listen_ports["up"]
             await _activate(deployment, 2)
             state = await server.wait_state(lambda s: s.active == 2)
             demoted_at = state.since
@@ -305,6 +306,7 @@ async def test_demoted_client_keeps_its_listeners_closed_for_the_close_period(
             await old.wait_for("listening")
             assert trio.current_time() == approx(demoted_at + close_secs)
             assert old.connected and not old.active
+            assert old.listen_ports["up"] == port, "reopened on another port"
             # After the period the same request switches back.
             await _activate(deployment, 1)
             state = await server.wait_state(lambda s: s.active == 1)
