@@ -18,8 +18,8 @@ import attrs
 import trio
 
 import trio_tunnel as tt
-from rig import LOCALHOST as LOCALHOST
-from rig import free_port as free_port
+from tunnelrig import LOCALHOST as LOCALHOST
+from tunnelrig import free_port as free_port
 
 
 async def echo_handler(tcp: trio.SocketStream) -> None:

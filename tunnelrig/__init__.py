@@ -5,7 +5,7 @@ a config file written from a few arguments, the log in a file (readiness and sta
 from it, since another process has no event to wait on), signals, restarts, and the
 ``/proc`` readings (CPU seconds, VmRSS, VmHWM) the bench and stress runs report.
 
-The tests import it as ``rig`` (the repository root is on their path); ``bench/`` and
+The tests import it as ``tunnelrig`` (the repository root is on their path); ``bench/`` and
 ``stress/`` scripts put the repository root on ``sys.path`` first. Waits come in two kinds:
 ``async`` ones for trio drivers (tests, stress) and plain ones for the threaded bench.
 """
