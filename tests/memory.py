@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -57,11 +58,22 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self._in = incoming
         self._out = outgoing
         self._closed = False
+        self._sending = False  # trio's rule: one task sends, one receives, at a time
+        self._receiving = False
 
     def __repr__(self) -> str:
         return self.name
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending")
+        self._sending = True
+        try:
+            await self._send_all(data)
+        finally:
+            self._sending = False
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("this end is closed")
@@ -78,9 +90,15 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self._out.wake()
 
     async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending")
         await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("this end is closed")
 
     async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending")
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("this end is closed")
@@ -88,6 +106,19 @@ class LinkEnd(trio.abc.HalfCloseableStream):
         self._out.wake()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)  # a TypeError for 1.5, as trio's streams
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving")
+        self._receiving = True
+        try:
+            return await self._receive_some(max_bytes)
+        finally:
+            self._receiving = False
+
+    async def _receive_some(self, max_bytes: int | None) -> bytes:
         await trio.lowlevel.checkpoint()
         while True:
             if self._closed:

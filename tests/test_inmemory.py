@@ -43,6 +43,39 @@ async def _activate(deployment: MemoryDeployment, client_id: int) -> None:
     session.send_control({"type": "activate", "epoch": client.epoch})
 
 
+# --- the harness itself ------------------------------------------------------------------------
+
+
+async def test_link_ends_are_well_behaved_trio_streams() -> None:
+    """The links keep trio's stream contract (busy, closed, EOF, half-close, cancellation),
+    so what the tests below show is the tunnel's behaviour, not the harness's."""
+
+    async def pair() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+        link = Link("check")
+        return link.client_end, link.server_end
+
+    with trio.fail_after(10):
+        await trio.testing.check_half_closeable_stream(pair, None)
+
+
+async def test_a_cut_link_fails_both_ends_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    link = Link("cut")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def blocked_receive() -> None:
+                with pytest.raises(trio.BrokenResourceError):
+                    await link.server_end.receive_some()
+
+            nursery.start_soon(blocked_receive)
+            await _settled()
+            link.cut()
+        with pytest.raises(trio.BrokenResourceError):
+            await link.client_end.send_all(b"x")
+        with pytest.raises(trio.BrokenResourceError):
+            await link.client_end.receive_some()
+
+
 # --- ping timeout ------------------------------------------------------------------------------
 
 
