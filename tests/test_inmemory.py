@@ -187,6 +187,21 @@ async def test_server_closes_a_connection_that_never_upgrades_at_the_handshake_t
             assert trio.current_time() - started == approx(handshake)
 
 
+async def test_server_answers_a_plain_http_request_400_at_once_not_at_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_memory_deployment(server_config(handshake_timeout_secs=5.0)) as deployment:
+            link = await deployment.listener.connect("plain-http")
+            started = trio.current_time()
+            await link.client_end.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while chunk := await link.client_end.receive_some():
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+            assert trio.current_time() == approx(started), "it waited for the handshake timeout"
+
+
 async def test_server_refuses_a_websocket_that_never_says_hello_at_the_handshake_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
