@@ -8,7 +8,8 @@ every ping timeout, backoff and close period into virtual time with exact result
 
 A link can be *cut* (both ends fail at once, as after a reset or a dead route), made *silent*
 in either direction (bytes are held, as on a frozen peer or a black-holed route; released by
-``resume``), and each client can be stopped and started again. Tunnel data over real TCP does
+``resume``), and each client, and the server, can be stopped and started again. Tunnel data
+over real TCP does
 not belong here: the clock jumps while the kernel works.
 """
 
@@ -225,14 +226,44 @@ class ClientSlot:
 class MemoryDeployment:
     """A real server and real clients in this trio run, joined by in-memory links."""
 
-    def __init__(self, nursery: trio.Nursery, server: tt.Server, listener: MemoryListener):
+    def __init__(self, nursery: trio.Nursery, server_config: tt.Config) -> None:
         self._nursery = nursery
-        self.server = server
-        self.listener = listener
+        self.server_config = server_config
+        self._server: tt.Server | None = None
+        self._server_scope: trio.CancelScope | None = None
+        self.listener = MemoryListener()
         self.slots: dict[int, ClientSlot] = {}
         # While set, every connection attempt fails with ECONNREFUSED (no server there).
         self.refusing = False
         self._serial = itertools.count(1)
+
+    @property
+    def server(self) -> tt.Server:
+        assert self._server is not None, "the server is not running"
+        return self._server
+
+    async def start_server(self) -> tt.Server:
+        """Start a (new) server process: a fresh listener, a fresh Server, epochs from 0."""
+        self.listener = listener = MemoryListener()
+        scope = trio.CancelScope()
+
+        async def run(*, task_status: trio.TaskStatus[tt.Server]) -> None:
+            server = tt.Server(self.server_config)
+            with scope:
+                await server.serve(listener=listener, task_status=task_status)
+
+        self._server = await self._nursery.start(run)
+        self._server_scope = scope
+        return self._server
+
+    async def stop_server(self) -> None:
+        """Stop the server as a process exit would: its connections close, and connection
+        attempts are refused until :meth:`start_server`."""
+        assert self._server_scope is not None
+        self.listener.closed = True
+        self._server_scope.cancel()
+        self._server = self._server_scope = None
+        await trio.testing.wait_all_tasks_blocked()
 
     def client(self, client_id: int) -> tt.Client:
         client = self.slots[client_id].client
@@ -306,10 +337,9 @@ async def open_memory_deployment(
 ) -> AsyncIterator[MemoryDeployment]:
     """Run ``server`` on a :class:`MemoryListener`, then each client in turn (the first to
     connect becomes active); everything is cancelled when the block ends."""
-    listener = MemoryListener()
     async with trio.open_nursery() as nursery:
-        srv: tt.Server = await nursery.start(partial(tt.Server(server).serve, listener=listener))
-        deployment = MemoryDeployment(nursery, srv, listener)
+        deployment = MemoryDeployment(nursery, server)
+        srv = await deployment.start_server()
         for config in clients or []:
             await deployment.start_client(config)
             client_id = config.client_id

@@ -436,6 +436,38 @@ async def test_epoch_increases_on_every_switch(autojump_clock: trio.testing.Mock
     assert seen == [(1, 1), (2, 2), (3, 1), (4, 2)]
 
 
+async def test_after_a_server_restart_both_clients_return_and_the_first_back_is_active(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fast = client_config(1, reconnect_min_secs=0.1, reconnect_max_secs=0.1)
+    slow = client_config(2, reconnect_min_secs=4.0, reconnect_max_secs=4.0)
+    with trio.fail_after(120):
+        async with open_memory_deployment(server_config(), [fast, slow]) as deployment:
+            one, two = deployment.client(1), deployment.client(2)
+            await _activate(deployment, 2)
+            await two.wait_for("active")
+            assert two.epoch == 2
+            await deployment.stop_server()
+            await one.wait_for("disconnected")
+            await two.wait_for("disconnected")
+            await trio.sleep(10)  # down for a while: the clients keep retrying
+            attempts = len(deployment.slots[1].dials)
+            server = await deployment.start_server()
+            state = await server.wait_state(lambda s: s.connected == (1, 2))
+            # Client 1 retries every 0.05-0.1 s, client 2 every 2-4 s: client 1 is back first
+            # and active at the new server's epoch 1, client 2 standby beside it.
+            assert (state.active, state.epoch) == (1, 1)
+            assert len(deployment.slots[1].dials) > attempts
+            await one.wait_for("active")
+            await two.wait_for("standby")
+            await _settled()
+            assert two.epoch == 1, "client 2 kept the old server's epoch"
+            # Epochs restarted: client 2's activation at the new epoch 1 is honoured.
+            await _activate(deployment, 2)
+            state = await server.wait_state(lambda s: s.active == 2)
+            assert state.epoch == 2
+
+
 # --- a second connection with the same id ------------------------------------------------------
 
 
