@@ -9,8 +9,7 @@ every ping timeout, backoff and close period into virtual time with exact result
 A link can be *cut* (both ends fail at once, as after a reset or a dead route), made *silent*
 in either direction (bytes are held, as on a frozen peer or a black-holed route; released by
 ``resume``), and each client, and the server, can be stopped and started again. Tunnel data
-over real TCP does
-not belong here: the clock jumps while the kernel works.
+over real TCP does not belong here: the clock jumps while the kernel works.
 """
 
 from __future__ import annotations
