@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
@@ -37,13 +37,22 @@ _BIND_RETRY_SECS = 1.0
 class Client:
     """A running client. Get one from :func:`open_client` or ``nursery.start(serve_client)``."""
 
-    def __init__(self, config: Config, environment: Environment | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        environment: Environment | None = None,
+        *,
+        open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
         """``environment`` is what ``load_environment(config)`` returned; without it the
-        client runs that load step (in a thread) when it starts serving."""
+        client runs that load step (in a thread) when it starts serving. ``open_transport``
+        replaces the TCP connect to the server (tests inject in-memory streams); TLS, the
+        upgrade and everything above run over it unchanged."""
         if config.role != "client" or config.client_id is None:
             raise ValueError("Client needs a config with role = 'client' and a client_id")
         self.config = config
         self.client_id: int = config.client_id
+        self._open_transport = open_transport
         self._connects = {c.tunnel: (c.host, c.port) for c in config.connect}
         self._session: Session | None = None
         self.active = False
@@ -164,6 +173,7 @@ class Client:
             headers=self._headers,
             connect_timeout=ws_settings.handshake_timeout_secs,
             close_timeout=ws_settings.close_timeout_secs,
+            open_transport=self._open_transport,
         ) as ws:
             peer_window, _welcome = await client_handshake(
                 ws,

@@ -125,8 +125,13 @@ class Server:
             await self._changed.wait()
 
     async def serve(
-        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listener: trio.abc.Listener[trio.abc.Stream] | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
+        """Serve until cancelled. ``listener`` replaces binding the configured WebSocket
+        address (tests inject an in-memory listener); tunnel listen ports are bound as usual."""
         ws_settings = self.config.websocket
         environment = self._environment
         if environment is None:
@@ -151,6 +156,7 @@ class Server:
                         handshake_timeout=ws_settings.handshake_timeout_secs,
                         close_timeout=ws_settings.close_timeout_secs,
                         on_refused=self.metrics.refused,
+                        listener=listener,
                     )
                 )
             except OSError as bind_error:  # a busy port: say which, as for the tunnel ports
