@@ -126,6 +126,15 @@ class CorePair(RuleBasedStateMachine):
     def live(self, end: End) -> list[int]:
         return sorted(i for i in end.opened if end.conn.state_of(i) is not None)
 
+    def sending(self, end: End, pick: int) -> int | None:
+        """One of ``end``'s streams whose sending direction is open, or None."""
+        open_ = [
+            i
+            for i in self.live(end)
+            if end.conn.state_of(i) in (StreamState.OPEN, StreamState.REMOTE_EOF)
+        ]
+        return open_[pick % len(open_)] if open_ else None
+
     # -- actions ---------------------------------------------------------------------------
     @rule(side=st.sampled_from("cs"), known=st.booleans())
     def open(self, side: str, known: bool) -> None:
@@ -141,14 +150,9 @@ class CorePair(RuleBasedStateMachine):
     @rule(side=st.sampled_from("cs"), pick=st.integers(0, 9), size=st.integers(1, 3000))
     def send(self, side: str, pick: int, size: int) -> None:
         end = self.ends[side]
-        live = [
-            i
-            for i in self.live(end)
-            if end.conn.state_of(i) in (StreamState.OPEN, StreamState.REMOTE_EOF)
-        ]
-        if not live:
+        stream_id = self.sending(end, pick)
+        if stream_id is None:
             return
-        stream_id = live[pick % len(live)]
         sendable = end.conn.sendable(stream_id)
         if sendable <= 0:
             return
@@ -162,14 +166,9 @@ class CorePair(RuleBasedStateMachine):
     @rule(side=st.sampled_from("cs"), pick=st.integers(0, 9))
     def eof(self, side: str, pick: int) -> None:
         end = self.ends[side]
-        live = [
-            i
-            for i in self.live(end)
-            if end.conn.state_of(i) in (StreamState.OPEN, StreamState.REMOTE_EOF)
-        ]
-        if not live:
+        stream_id = self.sending(end, pick)
+        if stream_id is None:
             return
-        stream_id = live[pick % len(live)]
         frame = end.conn.send_eof(stream_id)
         assert frame is not None
         end.outbox.append(frame)
