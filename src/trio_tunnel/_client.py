@@ -53,6 +53,7 @@ class Client:
         self._activation_sent_epoch = -1
         self.draining = False
         self._told_draining: Session | None = None  # the session the server heard it from
+        self._drain_acked = False  # the server answered it (with a state message)
         self._changed = trio.Event()
         self._listeners = ListenerSet(self._on_tcp)
         self.listening = False
@@ -204,7 +205,9 @@ class Client:
 
     # -- SessionOwner --------------------------------------------------------------------
     def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
-        if self.draining:  # opened before the server read our "draining"
+        if self.draining and self._drain_acked:
+            # The server answered our "draining": it opens nothing here after that. Opens
+            # that were on their way before it heard are carried and drained like the rest.
             return ResetCode.SHUTDOWN, f"client {self.client_id} is shutting down"
         target = self._connects.get(tunnel)
         if target is None:
@@ -231,6 +234,8 @@ class Client:
         if self.draining and self._told_draining is not session:
             # A session opened during the drain (a reconnect): the server must hear it too.
             self._tell_draining(session)
+        elif self.draining:
+            self._drain_acked = True  # every stream it opened before is in the session now
         if active:
             self._closed_until = 0.0
             log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
@@ -274,6 +279,7 @@ class Client:
     # -- drain ---------------------------------------------------------------------------
     def _tell_draining(self, session: Session) -> None:
         self._told_draining = session
+        self._drain_acked = False
         session.send_control({"type": "draining"})
 
     async def drain(self, secs: float) -> DrainResult:
@@ -287,10 +293,16 @@ class Client:
             self._tell_draining(session)
         self._listeners.close_all()
         self._notify()
+        deadline = trio.current_time() + secs
+        with trio.move_on_at(deadline):
+            # Until the server answers, streams it opened before it heard may still arrive:
+            # leaving now would cut them.
+            while self.connected and not self._drain_acked:
+                await self._changed.wait()
         return await drain_sessions(
             lambda: [] if self._session is None else [self._session],
             self.metrics,
-            secs,
+            deadline,
             f"client {self.client_id}",
         )
 

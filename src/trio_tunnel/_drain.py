@@ -27,9 +27,10 @@ _RESET_WAIT_SECS = 2.0
 
 @attrs.frozen
 class DrainResult:
-    """What a drain did: ``streams_open`` at its start; of those, ``finished`` ended with
-    both directions at EOF and ``reset`` by a reset (``reset_at_deadline`` of them because
-    the deadline came, the others by a peer or a TCP error during the drain)."""
+    """What a drain did: ``streams_open`` were open at its start or opened during it (sent
+    by a peer that had not heard of the drain yet); of those, ``finished`` ended with both
+    directions at EOF and ``reset`` by a reset (``reset_at_deadline`` of them because the
+    deadline came, the others by a peer or a TCP error during the drain)."""
 
     streams_open: int
     finished: int
@@ -42,28 +43,34 @@ def _reset_total(metrics: Metrics) -> int:
     return sum(metrics.stream_resets.values())
 
 
+def _opened_total(metrics: Metrics) -> int:
+    return sum(counters.streams_total for counters in metrics.tunnels.values())
+
+
 async def drain_sessions(
     sessions: Callable[[], Sequence[Session]],
     metrics: Metrics,
-    secs: float,
+    deadline: float,
     who: str,
 ) -> DrainResult:
-    """Wait (at most ``secs``) for the streams of ``sessions()`` to end, then reset the rest.
+    """Wait (until ``deadline``) for the streams of ``sessions()`` to end, then reset the rest.
 
     ``sessions`` is called again as the drain goes on: sessions come and go meanwhile. The
-    caller has already stopped new streams, so every stream counted here was open at the start.
+    caller has already stopped taking new streams of its own.
     """
     started = trio.current_time()
+    secs = max(0.0, deadline - started)
     streams_open = sum(session.stream_count for session in sessions())
     resets_before = _reset_total(metrics)
+    opened_before = _opened_total(metrics)
     log.warning(
-        "%s: draining: %d streams open, new connections refused; they have %gs to finish"
+        "%s: draining: %d streams open, new connections refused; they have %.1fs to finish"
         " (a second SIGTERM or SIGINT stops at once)",
         who,
         streams_open,
         secs,
     )
-    with trio.move_on_at(started + secs):
+    with trio.move_on_at(deadline):
         while busy := [session for session in sessions() if session.stream_count]:
             for session in busy:
                 await session.wait_streams_done()
@@ -72,7 +79,7 @@ async def drain_sessions(
     async def reset_rest(session: Session) -> None:
         cut.append(
             await session.reset_all_streams(
-                f"shutdown: drain deadline of {secs:g}s passed",
+                "shutdown: the drain deadline passed",
                 ResetCode.SHUTDOWN,
                 timeout=_RESET_WAIT_SECS,
             )
@@ -82,6 +89,7 @@ async def drain_sessions(
         for session in sessions():
             if session.stream_count:
                 nursery.start_soon(reset_rest, session)
+    streams_open += _opened_total(metrics) - opened_before
     reset = min(streams_open, _reset_total(metrics) - resets_before)
     result = DrainResult(
         streams_open=streams_open,

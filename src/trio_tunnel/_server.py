@@ -341,6 +341,8 @@ class Server:
             return
         client.draining = True
         if self._active != client.client_id:
+            # The answer tells it that no stream is on its way to it any more.
+            client.session.send_control({"type": "state", "epoch": self._epoch, "active": False})
             self._log_state(f"client {client.client_id} is draining (it was not active)")
             return
         others = [c.client_id for c in self._clients.values() if not c.draining]
@@ -360,7 +362,7 @@ class Server:
         return await drain_sessions(
             lambda: [c.session for c in self._clients.values()],
             self.metrics,
-            secs,
+            trio.current_time() + secs,
             "server",
         )
 
