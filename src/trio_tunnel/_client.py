@@ -227,15 +227,17 @@ class Client:
         if message.get("type") != "state":
             raise RemoteProtocolError(f"unknown CONTROL message type {message.get('type')!r}")
         epoch, active = message.get("epoch"), message.get("active")
-        if type(epoch) is not int or type(active) is not bool:
+        draining = message.get("draining", False)
+        if type(epoch) is not int or type(active) is not bool or type(draining) is not bool:
             raise RemoteProtocolError(f"malformed state message {message!r}")
         self.epoch = epoch
         self.active = active
         if self.draining and self._told_draining is not session:
             # A session opened during the drain (a reconnect): the server must hear it too.
             self._tell_draining(session)
-        elif self.draining:
-            self._drain_acked = True  # every stream it opened before is in the session now
+        elif self.draining and draining:
+            # The server's answer: every stream it opened here before is in the session now.
+            self._drain_acked = True
         if active:
             self._closed_until = 0.0
             log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)

@@ -342,7 +342,9 @@ class Server:
         client.draining = True
         if self._active != client.client_id:
             # The answer tells it that no stream is on its way to it any more.
-            client.session.send_control({"type": "state", "epoch": self._epoch, "active": False})
+            client.session.send_control(
+                {"type": "state", "epoch": self._epoch, "active": False, "draining": True}
+            )
             self._log_state(f"client {client.client_id} is draining (it was not active)")
             return
         others = [c.client_id for c in self._clients.values() if not c.draining]
@@ -388,7 +390,9 @@ class Server:
             )
         old = self._clients.get(old_active) if old_active is not None else None
         if old is not None and not reset_old:
-            old.session.send_control({"type": "state", "epoch": self._epoch, "active": False})
+            old.session.send_control(
+                {"type": "state", "epoch": self._epoch, "active": False, "draining": True}
+            )
         elif old is not None:
             close_secs = self.config.failover.standby_socket_close_secs
             old.demoted_until = now + close_secs
