@@ -396,7 +396,7 @@ async def test_rolling_upgrade_loses_no_stream_that_finishes_within_the_deadline
 
 
 @pytest.mark.system
-async def test_a_second_sigterm_during_the_drain_stops_at_once(
+async def test_sigint_drains_too_and_a_second_signal_stops_at_once(
     nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess]
 ) -> None:
     with trio.fail_after(60):
@@ -404,7 +404,7 @@ async def test_a_second_sigterm_during_the_drain_stops_at_once(
         tcp, tag = await open_tagged(dep.down)
         assert tag == TAG1
         async with tcp:
-            dep.clients[1].signal(signal.SIGTERM)
+            dep.clients[1].signal(signal.SIGINT)
             await scrape_until(dep.metrics, lambda f: value(f, "trio_tunnel_active_client") == 2)
             await echo_once(tcp, b"still carried while draining")
             dep.clients[1].signal(signal.SIGTERM)
