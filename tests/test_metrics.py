@@ -436,6 +436,7 @@ async def test_metrics_of_a_server_and_its_client(nursery: trio.Nursery) -> None
                 "first_client": 1,
                 "data": 0,
                 "client_lost": 0,
+                "drain": 0,
                 "other": 0,
             }
             assert set(by_label(server, "trio_tunnel_refused_peers_total", "reason").values()) == {

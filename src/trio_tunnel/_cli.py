@@ -244,21 +244,43 @@ async def _run(config: Config, environment: Environment, path: Path) -> None:
                     f"metrics.listen: cannot listen on {shown}:{port}: {exc.strerror or exc}",
                 ) from exc
         await nursery.start(running.serve)
+        draining = False
         with trio.open_signal_receiver(*_run_signals()) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == getattr(signal, "SIGHUP", None):
                     await _reload(running, path)
                     continue
-                log.info(
-                    "%s received: closing all streams and exiting", signal.Signals(signum).name
-                )
+                drain_secs = running.config.shutdown.drain_secs
+                if drain_secs > 0 and not draining:
+                    draining = True
+                    log.warning(
+                        "%s received: draining for up to %gs, then exiting", name, drain_secs
+                    )
+                    nursery.start_soon(_drain_then_stop, running, drain_secs, nursery.cancel_scope)
+                    continue
+                if draining:
+                    log.warning("%s received again: drain cut short, resetting all streams", name)
+                else:
+                    log.info("%s received: closing all streams and exiting", name)
                 break
         nursery.cancel_scope.cancel()
 
 
+async def _drain_then_stop(running: Server | Client, secs: float, scope: trio.CancelScope) -> None:
+    """``[shutdown] drain_secs``: stop taking streams, let open ones finish (bounded), then
+    end the process's nursery (which closes the WebSockets)."""
+    await running.drain(secs)
+    scope.cancel()
+
+
 def _run_signals() -> list[int]:
     """Stop on SIGINT and SIGTERM (and Ctrl+Break on Windows); reload on SIGHUP where it
-    exists (Windows has none: there, restart the service to apply a changed config)."""
+    exists (Windows has none: there, restart the service to apply a changed config).
+
+    With ``[shutdown] drain_secs > 0`` a stop signal drains first, as hypercorn and uvicorn
+    do for both SIGTERM and SIGINT (a service manager may send either); a second stop
+    signal of any kind stops at once, so Ctrl+C twice never waits."""
     names = ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP")
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 

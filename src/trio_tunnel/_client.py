@@ -19,6 +19,7 @@ import trio_websocket
 
 from . import _ws
 from ._config import Config, Environment, Listen, load_environment
+from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import client_handshake
 from ._listen import ListenerSet
@@ -59,6 +60,9 @@ class Client:
         self.epoch = 0
         self._closed_until = 0.0
         self._activation_sent_epoch = -1
+        self.draining = False
+        self._told_draining: Session | None = None  # the session the server heard it from
+        self._drain_acked = False  # the server answered it (with a state message)
         self._changed = trio.Event()
         self._listeners = ListenerSet(self._on_tcp)
         self.listening = False
@@ -212,6 +216,10 @@ class Client:
 
     # -- SessionOwner --------------------------------------------------------------------
     def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
+        if self.draining and self._drain_acked:
+            # The server answered our "draining": it opens nothing here after that. Opens
+            # that were on their way before it heard are carried and drained like the rest.
+            return ResetCode.SHUTDOWN, f"client {self.client_id} is shutting down"
         target = self._connects.get(tunnel)
         if target is None:
             return (
@@ -230,10 +238,17 @@ class Client:
         if message.get("type") != "state":
             raise RemoteProtocolError(f"unknown CONTROL message type {message.get('type')!r}")
         epoch, active = message.get("epoch"), message.get("active")
-        if type(epoch) is not int or type(active) is not bool:
+        draining = message.get("draining", False)
+        if type(epoch) is not int or type(active) is not bool or type(draining) is not bool:
             raise RemoteProtocolError(f"malformed state message {message!r}")
         self.epoch = epoch
         self.active = active
+        if self.draining and self._told_draining is not session:
+            # A session opened during the drain (a reconnect): the server must hear it too.
+            self._tell_draining(session)
+        elif self.draining and draining:
+            # The server's answer: every stream it opened here before is in the session now.
+            self._drain_acked = True
         if active:
             self._closed_until = 0.0
             log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
@@ -258,6 +273,8 @@ class Client:
         session = self._session
         if session is None or self.active or self._activation_sent_epoch == self.epoch:
             return
+        if self.draining:
+            return
         if trio.current_time() < self._closed_until:
             return
         self._activation_sent_epoch = self.epoch
@@ -270,7 +287,37 @@ class Client:
 
     # -- listen sockets ------------------------------------------------------------------
     def _want_listeners(self) -> bool:
-        return self.connected and trio.current_time() >= self._closed_until
+        return not self.draining and self.connected and trio.current_time() >= self._closed_until
+
+    # -- drain ---------------------------------------------------------------------------
+    def _tell_draining(self, session: Session) -> None:
+        self._told_draining = session
+        self._drain_acked = False
+        session.send_control({"type": "draining"})
+
+    async def drain(self, secs: float) -> DrainResult:
+        """Shut down gracefully: tell the server (which sends new streams to the other
+        client at once), close the listen sockets, let open streams finish for up to
+        ``secs``, then reset the rest. The session stays up for them (the caller ends it
+        by cancelling the client)."""
+        self.draining = True
+        session = self._session
+        if session is not None and not session.closed:
+            self._tell_draining(session)
+        self._listeners.close_all()
+        self._notify()
+        deadline = trio.current_time() + secs
+        with trio.move_on_at(deadline):
+            # Until the server answers, streams it opened before it heard may still arrive:
+            # leaving now would cut them.
+            while self.connected and not self._drain_acked:
+                await self._changed.wait()
+        return await drain_sessions(
+            lambda: [] if self._session is None else [self._session],
+            self.metrics,
+            deadline,
+            f"client {self.client_id}",
+        )
 
     async def _manage_listeners(self) -> NoReturn:
         bind_failures: dict[str, str] = {}
@@ -348,6 +395,9 @@ class Client:
         not connected or at the session's stream limit.
         """
         session = self._session
+        if self.draining:
+            error = StreamReset(ResetCode.SHUTDOWN, "the client is shutting down", remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
         if session is None:
             error = StreamReset(ResetCode.REFUSED, "not connected to the server", remote=False)
             raise trio.BrokenResourceError(str(error)) from error
@@ -355,6 +405,10 @@ class Client:
 
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         session = self._session
+        if self.draining:  # accepted just before the listen sockets closed
+            self.metrics.connection_refused(tunnel, "shutting_down")
+            reset_tcp(tcp)
+            return
         if session is None:
             self.metrics.connection_refused(tunnel, "not_connected")
             reset_tcp(tcp)

@@ -87,6 +87,12 @@ def describe_config(config: Config) -> str:
         lines.append(f"  levels of single loggers: {levels}")
     if config.logging.format != "text":
         lines.append(f"  format: {config.logging.format} (one object per line)")
+    drain_secs = config.shutdown.drain_secs
+    if drain_secs > 0:
+        lines.append(
+            f"shutdown: on SIGTERM or SIGINT stop accepting and let open streams finish for up"
+            f" to {drain_secs:g}s, then reset the rest (a second signal stops at once)"
+        )
     address = config.metrics.address
     if address is None:
         lines.append("metrics: no endpoint")

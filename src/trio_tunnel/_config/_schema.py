@@ -160,6 +160,22 @@ class FailoverSettings(_Checked):
 
 
 @attrs.frozen(kw_only=True)
+class ShutdownSettings(_Checked):
+    """The ``[shutdown]`` table: what SIGTERM (or SIGINT) does to open streams.
+
+    ``drain_secs = 0`` (the default): every open stream is reset at once and the process
+    exits. With ``drain_secs > 0`` the process drains: it stops accepting (its listen ports
+    close; a client first has the server send new streams to the other client), lets open
+    streams finish for up to that long, then resets the rest and exits 0. A second signal
+    during the drain stops at once.
+    """
+
+    drain_secs: float = attrs.field(
+        default=0.0, converter=_as_float, metadata=_checked(_seconds(allow_zero=True))
+    )
+
+
+@attrs.frozen(kw_only=True)
 class StreamSettings(_Checked):
     """The ``[streams]`` table: per-stream credit window and per-session limits."""
 
@@ -279,6 +295,9 @@ class Config(_Checked):
     )
     metrics: MetricsSettings = attrs.field(
         factory=MetricsSettings, metadata=_checked(_instance_of(MetricsSettings))
+    )
+    shutdown: ShutdownSettings = attrs.field(
+        factory=ShutdownSettings, metadata=_checked(_instance_of(ShutdownSettings))
     )
 
     @property
