@@ -247,7 +247,9 @@ class MemoryDeployment:
         scope = trio.CancelScope()
 
         async def run(*, task_status: trio.TaskStatus[tt.Server]) -> None:
-            server = tt.Server(self.server_config)
+            # The load step is given here: run in a worker thread, it would let the
+            # autojump clock leap while the thread works.
+            server = tt.Server(self.server_config, tt.load_environment(self.server_config))
             with scope:
                 await server.serve(listener=listener, task_status=task_status)
 
@@ -278,7 +280,9 @@ class MemoryDeployment:
         assert config.client_id is not None
         slot = self.slots.setdefault(config.client_id, ClientSlot(config))
         slot.config = config
-        client = tt.Client(config, open_transport=partial(self._dial, slot))
+        client = tt.Client(
+            config, tt.load_environment(config), open_transport=partial(self._dial, slot)
+        )
         scope = trio.CancelScope()
 
         async def run(*, task_status: trio.TaskStatus[tt.Client]) -> None:
