@@ -72,6 +72,7 @@ class Client:
             "connected": int(self.connected),
             "active": int(self.connected and self.active),
             "client_id": self.client_id,
+            "draining": int(self.draining),
         }
         self.metrics.open_stream_bytes = self._open_stream_bytes
         self._environment = environment

@@ -102,6 +102,7 @@ class Server:
         self.metrics.live = lambda: {
             "connected_clients": len(self._clients),
             "active_client": self._active or 0,
+            "draining": int(self._draining),
         }
         self.metrics.open_stream_bytes = self._open_stream_bytes
 
