@@ -24,7 +24,7 @@ import trio_websocket
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-from . import _mask
+from . import _mask, _proxy
 from ._errors import RemoteProtocolError
 from ._peer import PeerListener, PeerStream
 from ._tls import TlsListener
@@ -99,6 +99,7 @@ async def connect(
     headers: list[tuple[bytes, bytes]],
     connect_timeout: float,
     close_timeout: float,
+    proxy: _proxy.ProxyURL | None = None,  # CONNECT through it (ProxyError when refused)
 ) -> AsyncIterator[WebSocket]:
     """Open a client WebSocket.
 
@@ -112,7 +113,7 @@ async def connect(
         host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
     deadline = trio.current_time() + connect_timeout
     with trio.fail_at(deadline):
-        stream = await _open_stream(host, port, ssl_context)
+        stream = await _open_stream(host, port, ssl_context, proxy)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_at(deadline):
@@ -142,9 +143,9 @@ async def connect(
 
 
 async def _open_stream(
-    host: str, port: int, ssl_context: ssl.SSLContext | None
+    host: str, port: int, ssl_context: ssl.SSLContext | None, proxy: _proxy.ProxyURL | None
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    tcp = await trio.open_tcp_stream(host, port)
+    tcp = await _proxy.open_tcp_stream(host, port, proxy)
     if ssl_context is None:
         return tcp
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
