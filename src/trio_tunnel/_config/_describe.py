@@ -37,7 +37,7 @@ def _describe_proxy(ws: WebSocketSettings, environ: Mapping[str, str] | None) ->
         variable = "HTTPS_PROXY" if ws.scheme == "wss" else "HTTP_PROXY"
         return f"from the environment: {variable} (or lower case) unless NO_PROXY matches"
     try:
-        choice = str(choose_proxy(ws.proxy, ws.scheme, ws.host, ws.port, environ))
+        choice = str(choose_proxy(ws.proxy, ws.scheme, ws.host, ws.port, environ or {}))
     except ProxyError as exc:
         choice = f"unusable: {exc}"
     if ws.proxy is None:
