@@ -282,7 +282,7 @@ def test_errors_never_show_the_password(answer: bytes) -> None:
     with pytest.raises(ProxyError) as caught:
         exchange.receive_data(answer)
     assert PASSWORD not in str(caught.value)
-    assert "http://user:***@p:1" in str(caught.value)
+    assert str(caught.value).startswith("the proxy ")
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ async def test_an_unreachable_proxy_is_a_proxy_error() -> None:
     port = closed_port()
     with (
         trio.fail_after(10),
-        pytest.raises(ProxyError, match=rf"cannot reach proxy http://127.0.0.1:{port}"),
+        pytest.raises(ProxyError, match=r"^cannot reach the proxy: "),
     ):
         await open_tunnel(ProxyURL(LOCALHOST, port), "h", 1)
 

@@ -12,7 +12,8 @@ switch (``SWITCHED_PROTOCOL`` and ``trailing_data``, so bytes the proxy sent aft
 kept), 1xx answers, and it bounds the head's size (``max_incomplete_event_size``).
 
 Credentials never leave this module in text: :class:`ProxyURL` shows itself as
-``http://user:***@host:port`` and every error message uses that form.
+``http://user:***@host:port``, and error messages do not name the proxy at all (the client's
+log line does, in that form: ``cannot connect to wss://... via proxy http://user:***@...``).
 """
 
 from __future__ import annotations
@@ -248,7 +249,6 @@ class ConnectExchange:
     """
 
     def __init__(self, proxy: ProxyURL, host: str, port: int) -> None:
-        self._proxy = proxy
         self._target = _authority(host, port)
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         headers = [("Host", self._target)]
@@ -265,8 +265,7 @@ class ConnectExchange:
         """Take bytes from the proxy (``b""`` when it closed); True once the tunnel is open."""
         if not data:
             raise ProxyError(
-                f"proxy {self._proxy} closed the connection without answering"
-                f" CONNECT {self._target}"
+                f"the proxy closed the connection without answering CONNECT {self._target}"
             )
         self._h11.receive_data(data)
         while True:
@@ -274,7 +273,7 @@ class ConnectExchange:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
                 raise ProxyError(
-                    f"proxy {self._proxy} sent no valid HTTP answer to CONNECT {self._target}:"
+                    f"the proxy sent no valid HTTP answer to CONNECT {self._target}:"
                     f" {_printable(str(exc))}"
                 ) from None
             if event is h11.NEED_DATA:
@@ -282,14 +281,12 @@ class ConnectExchange:
             if isinstance(event, h11.InformationalResponse):
                 self._informational += 1
                 if self._informational > _MAX_INFORMATIONAL:
-                    raise ProxyError(
-                        f"proxy {self._proxy} sent only 1xx answers to CONNECT {self._target}"
-                    )
+                    raise ProxyError(f"the proxy sent only 1xx answers to CONNECT {self._target}")
                 continue
             if isinstance(event, h11.Response):
                 return self._answered(event)
             # Anything else before the response head is impossible for a client.
-            raise ProxyError(f"proxy {self._proxy}: unexpected {type(event).__name__}")
+            raise ProxyError(f"the proxy: unexpected {type(event).__name__}")
 
     def _answered(self, response: h11.Response) -> bool:
         line = (
@@ -298,7 +295,7 @@ class ConnectExchange:
         ).rstrip()
         if not 200 <= response.status_code < 300:
             raise ProxyError(
-                f"proxy {self._proxy} refused CONNECT {self._target}: {line}",
+                f"the proxy refused CONNECT {self._target}: {line}",
                 status_code=response.status_code,
                 status_line=line,
             )
@@ -338,7 +335,7 @@ async def open_tunnel(proxy: ProxyURL, host: str, port: int) -> trio.SocketStrea
     try:
         tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
-        raise ProxyError(f"cannot reach proxy {proxy}: {exc.strerror or exc}") from exc
+        raise ProxyError(f"cannot reach the proxy: {exc.strerror or exc}") from exc
     try:
         exchange = ConnectExchange(proxy, host, port)
         await tcp.send_all(exchange.request)
@@ -346,7 +343,7 @@ async def open_tunnel(proxy: ProxyURL, host: str, port: int) -> trio.SocketStrea
             pass
     except (trio.BrokenResourceError, OSError) as exc:
         await trio.aclose_forcefully(tcp)
-        raise ProxyError(f"proxy {proxy} broke the connection during CONNECT: {exc}") from exc
+        raise ProxyError(f"the proxy broke the connection during CONNECT: {exc}") from exc
     except BaseException:
         await trio.aclose_forcefully(tcp)
         raise
