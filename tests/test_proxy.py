@@ -342,6 +342,39 @@ def test_check_shows_the_proxy_without_the_password(tmp_path: Path) -> None:
     assert "none (NO_PROXY matches server.example)" in bypassed
 
 
+def test_check_prints_the_proxy_the_environment_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_tunnel._cli import main
+
+    path = _write(
+        tmp_path,
+        "c.toml",
+        'role = "client"\nclient_id = 1\n[websocket]\nurl = "ws://127.0.0.1:8080/"\n',
+    )
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://bob:{PASSWORD}@proxy.example:3128")
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "proxy: by this shell's environment" in out
+    assert "http://bob:***@proxy.example:3128 (from HTTP_PROXY)" in out
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert main(["check", str(path)]) == 0
+    assert "none (NO_PROXY matches 127.0.0.1)" in capsys.readouterr().out
+    assert PASSWORD not in out
+
+
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_any_answer_opens_waits_or_is_a_proxy_error(data: bytes, cuts: list[int]) -> None:
+    """h11's fuzz rule for the exchange: nothing but ProxyError ever escapes."""
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(edges)] + [b""]
+    assert _verdict(ProxyURL("p", 1), pieces)[0] in ("open", "refused")
+    prefixed = b"HTTP/1.1 200 OK\r\n\r\n" + data
+    assert _verdict(ProxyURL("p", 1), [prefixed]) == ("open", data)
+
+
 # --- through proxies in this process ---------------------------------------------------------
 
 
