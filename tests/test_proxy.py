@@ -51,6 +51,7 @@ from .helpers import (
     open_rig,
     read_to_end,
     server_config,
+    start_client,
     start_service,
 )
 
@@ -161,6 +162,14 @@ def test_choose_proxy(
 ) -> None:
     choice = choose_proxy(setting, scheme, "server.example", 443, environ)
     assert (None if choice.proxy is None else str(choice.proxy)) == expected
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "localhost", "a.localhost"])
+def test_the_environment_never_proxies_loopback(host: str) -> None:
+    environ = {"HTTPS_PROXY": "http://q:2", "HTTP_PROXY": "http://q:2"}
+    assert choose_proxy(None, "wss", host, 443, environ).proxy is None
+    assert choose_proxy(None, "ws", host, 80, environ).proxy is None
+    assert choose_proxy("http://p:1", "ws", host, 80, environ).proxy == ProxyURL("p", 1)
 
 
 def test_an_unusable_environment_proxy_names_the_variable() -> None:
@@ -350,7 +359,7 @@ def test_check_prints_the_proxy_the_environment_gives(
     path = _write(
         tmp_path,
         "c.toml",
-        'role = "client"\nclient_id = 1\n[websocket]\nurl = "ws://127.0.0.1:8080/"\n',
+        'role = "client"\nclient_id = 1\n[websocket]\nurl = "ws://tunnel.example:8080/"\n',
     )
     for name in ("http_proxy", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -359,9 +368,9 @@ def test_check_prints_the_proxy_the_environment_gives(
     out = capsys.readouterr().out
     assert "proxy: by this shell's environment" in out
     assert "http://bob:***@proxy.example:3128 (from HTTP_PROXY)" in out
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "tunnel.example")
     assert main(["check", str(path)]) == 0
-    assert "none (NO_PROXY matches 127.0.0.1)" in capsys.readouterr().out
+    assert "none (NO_PROXY matches tunnel.example)" in capsys.readouterr().out
     assert PASSWORD not in out
 
 
@@ -453,22 +462,18 @@ async def test_a_proxy_that_never_answers_is_bounded_by_the_handshake_timeout(
     assert f"via proxy http://{LOCALHOST}:{port}: handshake timed out" in failures[0]
 
 
-async def test_an_environment_proxy_is_used_and_no_proxy_bypasses_it(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tunnels = 0
+class Relay:
+    """A minimal CONNECT proxy that carries every target to 127.0.0.1 on the target's port,
+    so a client can be given a server *name* that nothing needs to resolve."""
 
-    async def relay(tcp: trio.SocketStream) -> None:
-        """A minimal CONNECT proxy for 127.0.0.1 targets."""
-        nonlocal tunnels
+    def __init__(self) -> None:
+        self.targets: list[bytes] = []
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
         head = await _read_head(tcp)
-        target_port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
-        await _relay(tcp, target_port)
-
-    async def _relay(tcp: trio.SocketStream, target_port: int) -> None:
-        nonlocal tunnels
-        async with await trio.open_tcp_stream(LOCALHOST, target_port) as upstream:
-            tunnels += 1
+        target = head.split(b" ")[1]
+        self.targets.append(target)
+        async with await trio.open_tcp_stream(LOCALHOST, int(target.rsplit(b":", 1)[1])) as up:
             await tcp.send_all(b"HTTP/1.1 200 OK\r\n\r\n")
             async with trio.open_nursery() as pumps:
 
@@ -478,38 +483,72 @@ async def test_an_environment_proxy_is_used_and_no_proxy_bypasses_it(
                             await b.send_all(data)
                     pumps.cancel_scope.cancel()
 
-                pumps.start_soon(pump, tcp, upstream)
-                pumps.start_soon(pump, upstream, tcp)
+                pumps.start_soon(pump, tcp, up)
+                pumps.start_soon(pump, up, tcp)
 
+
+def _clean_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _named_client(server_port: int, echo: int, **websocket: Any) -> tt.Config:
+    config = client_config(1, server_port, connect={"up": echo}, **websocket)
+    url = f"ws://tunnel.test:{server_port}/"  # .test is reserved: it never resolves
+    return attrs.evolve(config, websocket=attrs.evolve(config.websocket, url=url))
+
+
+async def _first_failure(caplog: pytest.LogCaptureFixture) -> str:
+    while not (failures := _warnings(caplog, "cannot connect")):
+        await trio.sleep(0.05)
+    return failures[0]
+
+
+async def test_an_environment_proxy_is_used_unless_no_proxy_or_loopback(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = Relay()
     echo = await start_service(nursery, echo_handler)
-    proxy_port = await start_service(nursery, relay)
-    monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{proxy_port}")
-    monkeypatch.delenv("http_proxy", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    server = server_config(listen={"up": 0})
+    _clean_proxy_environment(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{await start_service(nursery, relay.handle)}")
     with trio.fail_after(20):
-        async with open_rig(server, [client_config(1, 0, connect={"up": echo})]) as rig:
+        async with open_rig(server_config(listen={"up": 0})) as rig:
+            port = rig.server.websocket_port
+            # A name only the proxy resolves: reached through HTTP_PROXY.
+            await start_client(rig, _named_client(port, echo, **FAST))
             await _echo_through(rig)
-        assert tunnels == 1
-        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.0/8")
-        async with open_rig(server, [client_config(1, 0, connect={"up": echo})]) as rig:
+            assert relay.targets == [f"tunnel.test:{port}".encode()]
+            await rig.stop_client(1)
+            # A loopback server is always reached directly.
+            await start_client(rig, client_config(1, port, connect={"up": echo}))
             await _echo_through(rig)
-        assert tunnels == 1  # went directly
+            assert len(relay.targets) == 1
+            await rig.stop_client(1)
+            # NO_PROXY: the client goes directly, and fails to resolve the name itself.
+            monkeypatch.setenv("NO_PROXY", "other.example, .test")
+            caplog.clear()
+            async with tt.open_client(_named_client(port, echo, handshake_timeout_secs=1)):
+                failure = await _first_failure(caplog)
+            assert failure.startswith(f"client 1: cannot connect to ws://tunnel.test:{port}/: ")
+            assert len(relay.targets) == 1
 
 
 async def test_an_empty_proxy_setting_ignores_the_environment(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in ("HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
+    relay = Relay()
+    _clean_proxy_environment(monkeypatch)
+    monkeypatch.setenv(
+        "http_proxy", f"http://127.0.0.1:{await start_service(nursery, relay.handle)}"
+    )
     echo = await start_service(nursery, echo_handler)
-    server = server_config(listen={"up": 0})
     with trio.fail_after(20):
-        async with open_rig(server, [client_config(1, 0, connect={"up": echo}, proxy="")]) as rig:
-            await _echo_through(rig)
+        async with tt.open_client(
+            _named_client(free_port(), echo, proxy="", handshake_timeout_secs=1)
+        ):
+            failure = await _first_failure(caplog)
+    assert "via proxy" not in failure
+    assert relay.targets == []
 
 
 async def _echo_through(rig: Rig, tunnel: str = "up") -> None:

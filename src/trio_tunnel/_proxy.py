@@ -158,7 +158,8 @@ def choose_proxy(
 
     ``setting`` is ``websocket.proxy``: a URL uses that proxy always (NO_PROXY does not
     apply to an explicit setting), ``""`` means no proxy at all; None (the key is absent)
-    leaves it to ``HTTPS_PROXY`` (wss) or ``HTTP_PROXY`` (ws) and ``NO_PROXY``. Raises
+    leaves it to ``HTTPS_PROXY`` (wss) or ``HTTP_PROXY`` (ws) and ``NO_PROXY``, which never
+    apply to a loopback server (``localhost``, 127.0.0.0/8, ::1). Raises
     :class:`ProxyError` naming the variable when the environment's value is not usable.
     """
     if setting is not None:
@@ -170,6 +171,10 @@ def choose_proxy(
     if found is None:
         return ProxyChoice(None, f"no {variable.upper()} or {variable} set")
     name, value = found
+    if _is_loopback(host):
+        # As Go's ProxyFromEnvironment: a proxy elsewhere cannot reach this machine's
+        # loopback, and one here reaches what a direct connection does.
+        return ProxyChoice(None, f"{host} is a loopback address: {name} does not apply")
     no_proxy = _env_value(environ, "no_proxy")
     if no_proxy is not None and bypasses(no_proxy[1], host, port):
         return ProxyChoice(None, f"{no_proxy[0]} matches {host}")
@@ -208,6 +213,14 @@ def bypasses(no_proxy: str, host: str, port: int) -> bool:
         if name and (host == name or host.endswith("." + name)):
             return True
     return False
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    address = _ip(host.strip("[]"))
+    return address is not None and address.is_loopback
 
 
 def _split_entry(entry: str) -> tuple[str, int | None]:
