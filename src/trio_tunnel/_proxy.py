@@ -83,8 +83,18 @@ def _authority(host: str, port: int) -> str:
 
 
 def redacted(text: str) -> str:
-    """``text`` with any password in its user information replaced by ***."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", text)
+    """``text`` with everything between the user name and the last ``@`` replaced by ***.
+
+    Deliberately cruder than URL parsing: a password with an unencoded ``@``, ``/`` or ``#``
+    must not leak through a URL that then fails to parse.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def parse_proxy_url(text: str, *, scheme_optional: bool = False) -> ProxyURL:
