@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -92,7 +93,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return loaded
     config, _environment = loaded
     print(f"{args.config[0]}: OK")
-    print(describe_config(config))
+    print(describe_config(config, os.environ))
     return EXIT_OK
 
 
@@ -125,7 +126,7 @@ def _check_together(arguments: Sequence[str]) -> int:
         return status
     for argument, member in zip(arguments, members, strict=True):
         print(f"{argument}: OK")
-        print("  " + describe_config(member.config).replace("\n", "\n  "))
+        print("  " + describe_config(member.config, os.environ).replace("\n", "\n  "))
     print(f"together: OK ({len(members)} files agree)")
     return EXIT_OK
 

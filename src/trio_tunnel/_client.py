@@ -7,6 +7,7 @@ so applications at this site fail over elsewhere while this side cannot carry th
 from __future__ import annotations
 
 import logging
+import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 import trio
 import trio_websocket
 
-from . import _ws
+from . import _proxy, _ws
 from ._config import Config, Environment, Listen, load_environment
 from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
@@ -134,13 +135,17 @@ class Client:
         ws_settings = self.config.websocket
         delay = ws_settings.reconnect_min_secs
         last_failure: str | None = None
-        url = (
+        base_url = (
             f"{ws_settings.scheme}://{_host_for_url(ws_settings.host)}:{ws_settings.port}"
             f"{ws_settings.path}"
         )
         while True:
+            url = base_url
             try:
-                reason = await self._run_connection(url)
+                proxy = self._choose_proxy()  # ProxyError for an unusable HTTPS_PROXY
+                if proxy is not None:
+                    url = f"{base_url} via proxy {proxy}"  # never shows the password
+                reason = await self._run_connection(url, proxy)
                 log.warning("client %d: disconnected from %s: %s", self.client_id, url, reason)
                 last_failure = None
                 delay = ws_settings.reconnect_min_secs
@@ -167,7 +172,11 @@ class Client:
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, ws_settings.reconnect_max_secs)
 
-    async def _run_connection(self, url: str) -> str:
+    def _choose_proxy(self) -> _proxy.ProxyURL | None:
+        ws = self.config.websocket
+        return _proxy.choose_proxy(ws.proxy, ws.scheme, ws.host, ws.port, os.environ).proxy
+
+    async def _run_connection(self, url: str, proxy: _proxy.ProxyURL | None = None) -> str:
         ws_settings = self.config.websocket
         streams = self.config.streams
         async with _ws.connect(
@@ -179,6 +188,7 @@ class Client:
             connect_timeout=ws_settings.handshake_timeout_secs,
             close_timeout=ws_settings.close_timeout_secs,
             open_transport=self._open_transport,
+            proxy=proxy,
         ) as ws:
             peer_window, _welcome = await client_handshake(
                 ws,

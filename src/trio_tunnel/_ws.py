@@ -24,7 +24,7 @@ import trio_websocket
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-from . import _mask
+from . import _mask, _proxy
 from ._errors import RemoteProtocolError, WebSocketClosed
 from ._peer import PeerListener, PeerStream
 from ._tls import TlsListener
@@ -114,6 +114,7 @@ async def connect(
     connect_timeout: float,
     close_timeout: float,
     open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    proxy: _proxy.ProxyURL | None = None,  # CONNECT through it (ProxyError when refused)
 ) -> AsyncIterator[WebSocket]:
     """Open a client WebSocket.
 
@@ -128,7 +129,7 @@ async def connect(
         host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
     deadline = trio.current_time() + connect_timeout
     with trio.fail_at(deadline):
-        stream = await _open_stream(host, port, ssl_context, open_transport)
+        stream = await _open_stream(host, port, ssl_context, open_transport, proxy)
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -168,10 +169,11 @@ async def _open_stream(
     port: int,
     ssl_context: ssl.SSLContext | None,
     open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None,
+    proxy: _proxy.ProxyURL | None,
 ) -> trio.abc.Stream:
     tcp: trio.abc.Stream
     if open_transport is None:
-        tcp = await trio.open_tcp_stream(host, port)
+        tcp = await _proxy.open_tcp_stream(host, port, proxy)
     else:
         tcp = await open_transport()
     if ssl_context is None:
