@@ -325,6 +325,38 @@ def _syslog_facility(value: object) -> str | None:
     return None
 
 
+_LOGGER_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+LOG_FORMATS: Final = ("text", "json")
+
+
+def _log_levels(value: object) -> str | None:
+    """A table of logger name = level, such as ``{ "trio_tunnel.stream" = "WARNING" }``."""
+    if not isinstance(value, Mapping):
+        example = '{ "trio_tunnel.stream" = "WARNING" }'
+        return f"expected a table such as {example} (got {_show(value)})"
+    for name, level in value.items():
+        if not isinstance(name, str) or not _LOGGER_NAME.fullmatch(name):
+            return f"expected a logger name such as 'trio_tunnel.stream' (got {name!r})"
+        if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+            shown = repr(level) if isinstance(level, str) else _show(level)
+            return f"{name!r} must be one of {', '.join(LOG_LEVELS)} (got {shown})"
+    return None
+
+
+def _log_format(value: object) -> str | None:
+    if not isinstance(value, str):
+        return _string(value)
+    if value not in LOG_FORMATS:
+        return f"must be 'text' or 'json' (got {value!r})"
+    return None
+
+
+def _as_upper_values(value: Mapping[str, str]) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        return value  # left for the check to report
+    return {name: _as_upper(level) for name, level in value.items()}
+
+
 def _split_host_port(text: str) -> tuple[str, int]:
     """``host:port`` or ``[IPv6]:port`` as (host, port); ValueError says what is wrong."""
     if text.startswith("["):
@@ -602,6 +634,11 @@ class LoggingSettings(_Checked):
     syslog_facility: str = attrs.field(
         default=DEFAULT_SYSLOG_FACILITY, converter=_as_lower, metadata=_checked(_syslog_facility)
     )
+    # Per-logger levels; hash=False keeps the frozen class hashable with a dict inside.
+    levels: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_as_upper_values, metadata=_checked(_log_levels), hash=False
+    )
+    format: str = attrs.field(default="text", converter=_as_lower, metadata=_checked(_log_format))
 
     def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
         unused: list[tuple[str, object, str]] = []
@@ -866,6 +903,8 @@ def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     for scalar in (int, float, str, bool):
         converter.register_structure_hook(scalar, _as_is)
+    # logging.levels reaches its check as given, so a non-table is reported by that check.
+    converter.register_structure_hook_func(lambda t: t == Mapping[str, str], _as_is)
 
     def table_hook(cls: type) -> Callable[[Any, Any], Any]:
         structure: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter)
