@@ -62,6 +62,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    from . import _logging
+
+    _logging.set_process(_logging.process_label(config.role, config.client_id))
     setup_logging(config.logging.level)
     try:
         trio.run(_run, config, _config_path(args.config))
