@@ -44,6 +44,7 @@ __all__ = [
     "file_handler",
     "flush",
     "gz_namer",
+    "outputs_for",
     "process_label",
     "set_process",
     "setup",
@@ -224,19 +225,7 @@ def setup(settings: LoggingSettings, *, process: str | None = None) -> Pipeline:
     global _pipeline, _levels_set
     if process is not None:
         set_process(process)
-    wanted: dict[_OutputKey, _SinkFactory] = {}
-    if settings.stdout:
-        stream = sys.stdout
-        wanted[("stdout", id(stream))] = lambda: StdoutSink(stream)
-    if settings.file is not None:
-        path, days = settings.file, settings.days_to_keep
-        wanted[("file", path, days)] = lambda: FileSink(file_handler(path, days))
-    if settings.syslog_host is not None:
-        host, port, facility = settings.syslog_host, settings.syslog_port, settings.syslog_facility
-        ident = syslog_ident(_process)
-        wanted[("syslog", host, port, facility, ident)] = lambda: SyslogSink(
-            host, port, facility, ident
-        )
+    wanted = outputs_for(settings, _process)
     root = logging.getLogger()
     with _state_lock:
         pipeline = _pipeline
@@ -260,6 +249,25 @@ def setup(settings: LoggingSettings, *, process: str | None = None) -> Pipeline:
         _levels_set = _apply_levels(settings, _levels_set)
         _pipeline = pipeline
     return pipeline
+
+
+def outputs_for(settings: LoggingSettings, process: str) -> dict[_OutputKey, _SinkFactory]:
+    """The outputs ``settings`` asks for, by a key that changes when the output must be
+    reopened, each with the function that opens it."""
+    wanted: dict[_OutputKey, _SinkFactory] = {}
+    if settings.stdout:
+        stream = sys.stdout
+        wanted[("stdout", id(stream))] = lambda: StdoutSink(stream)
+    if settings.file is not None:
+        path, days = settings.file, settings.days_to_keep
+        wanted[("file", path, days)] = lambda: FileSink(file_handler(path, days))
+    if settings.syslog_host is not None:
+        host, port, facility = settings.syslog_host, settings.syslog_port, settings.syslog_facility
+        ident = syslog_ident(process)
+        wanted[("syslog", host, port, facility, ident)] = lambda: SyslogSink(
+            host, port, facility, ident
+        )
+    return wanted
 
 
 def _apply_levels(settings: LoggingSettings, previous: set[str]) -> set[str]:

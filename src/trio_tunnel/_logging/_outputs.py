@@ -233,7 +233,7 @@ class Output:
                     if record is _STOP:
                         break
                     self._write(record)
-                    if self._queue.qsize() <= self._capacity // 2:
+                    if self._queue.empty():  # what was queued before the drops is written
                         self._report_blocked()
                 finally:
                     self._queue.task_done()
