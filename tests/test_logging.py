@@ -68,6 +68,7 @@ def test_defaults() -> None:
     assert (settings.level, settings.stdout, settings.file) == ("INFO", True, None)
     assert (settings.days_to_keep, settings.syslog_host) == (14, None)
     assert (settings.syslog_port, settings.syslog_facility) == (514, "user")
+    assert (settings.levels, settings.format) == ({}, "text")
 
 
 def test_all_keys(tmp_path: Path) -> None:
@@ -81,6 +82,8 @@ def test_all_keys(tmp_path: Path) -> None:
             syslog_host="127.0.0.1",
             syslog_port=5514,
             syslog_facility="LOCAL3",
+            levels={"trio_tunnel.stream": "warning", "trio-websocket": "Debug"},
+            format="JSON",
         )
     ).logging
     assert settings == LoggingSettings(
@@ -91,7 +94,10 @@ def test_all_keys(tmp_path: Path) -> None:
         syslog_host="127.0.0.1",
         syslog_port=5514,
         syslog_facility="local3",
+        levels={"trio_tunnel.stream": "WARNING", "trio-websocket": "DEBUG"},
+        format="json",
     )
+    assert hash(settings) == hash(attrs.evolve(settings))  # still hashable with a table inside
 
 
 def test_syslog_host_name_resolves() -> None:
@@ -123,6 +129,16 @@ BAD = [
     ({"syslog_port": 5514}, "logging.syslog_port: only used with syslog_host (which is not set)"),
     ({"syslog_facility": "daemon"}, "logging.syslog_facility: only used with syslog_host"),
     ({"days_to_keep": 7}, "logging.days_to_keep: only used with file (which is not set)"),
+    ({"levels": "DEBUG"}, 'logging.levels: expected a table such as { "trio_tunnel.stream" ='),
+    (
+        {"levels": {"trio_tunnel.stream": "LOUD"}},
+        "logging.levels: 'trio_tunnel.stream' must be one of DEBUG, INFO, WARNING, ERROR, "
+        "CRITICAL (got 'LOUD')",
+    ),
+    ({"levels": {"x": 10}}, "logging.levels: 'x' must be one of DEBUG, INFO"),
+    ({"levels": {"a b": "INFO"}}, "logging.levels: expected a logger name such as"),
+    ({"format": "xml"}, "logging.format: must be 'text' or 'json' (got 'xml')"),
+    ({"format": True}, "logging.format: expected a string (got the boolean true)"),
 ]
 
 
