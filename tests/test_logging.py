@@ -45,6 +45,8 @@ def root_logger() -> Iterator[logging.Logger]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield root
+    _logging.shutdown()
+    logging.captureWarnings(False)
     for handler in list(root.handlers):
         root.removeHandler(handler)
         if handler not in handlers:

@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def root_logger() -> Iterator[logging.Logger]:
     levels = {name: logging.getLogger(name).level for name in named}
     yield root
     _logging.shutdown()
+    logging.captureWarnings(False)
     for handler in list(root.handlers):
         root.removeHandler(handler)
         if handler not in handlers:
@@ -260,6 +262,23 @@ def test_a_reload_undoes_levels_no_longer_named(root_logger: logging.Logger) -> 
 
 
 # --- formats --------------------------------------------------------------------------------
+
+
+def test_python_warnings_go_through_the_pipeline(
+    root_logger: logging.Logger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _logging.setup(LoggingSettings(), process="server")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("something deprecated", DeprecationWarning, stacklevel=1)
+    _logging.flush()
+    out, err = capfd.readouterr()
+    assert err == ""
+    line = out.splitlines()[0]  # the source line of the warning follows
+    match = TEXT_LINE.match(line)
+    assert match is not None
+    assert match.groups()[:3] == ("server", "WARNING", "py.warnings")
+    assert "DeprecationWarning: something deprecated" in match[4]
 
 
 def test_every_line_names_the_process(

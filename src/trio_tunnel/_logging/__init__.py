@@ -247,6 +247,9 @@ def setup(settings: LoggingSettings, *, process: str | None = None) -> Pipeline:
             root.addHandler(pipeline)
         root.setLevel(settings.level)
         _levels_set = _apply_levels(settings, _levels_set)
+        # Python's warnings would be written to stderr by the thread that warns, which may be
+        # the event loop and may be the same stuck pipe as stdout: log them instead.
+        logging.captureWarnings(True)
         _pipeline = pipeline
     return pipeline
 
