@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -65,13 +66,25 @@ async def http_get(port: int, path: str) -> bytes:
     return data
 
 
-def start_run(config: Path, output: int) -> subprocess.Popen[bytes]:
-    """``trio-tunnel run CONFIG`` with stdout and stderr on the descriptor ``output``."""
+def start_run(
+    config: Path, output: int, *, max_file_bytes: int | None = None
+) -> subprocess.Popen[bytes]:
+    """``trio-tunnel run CONFIG`` with stdout and stderr on the descriptor ``output``.
+
+    With ``max_file_bytes``, every file the process writes fails past that size (EFBIG from
+    RLIMIT_FSIZE, Python ignores SIGXFSZ): a real disk-full for its log file.
+    """
+
+    def limit_file_size() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.Popen(
         [sys.executable, "-m", "trio_tunnel", "run", str(config)],
         stdout=output,
         stderr=output,
         stdin=subprocess.DEVNULL,
+        preexec_fn=limit_file_size,
     )
 
 
@@ -197,3 +210,49 @@ async def test_a_flood_of_refusals_gives_a_handful_of_lines_on_stdout_and_syslog
     assert written + sum(summaries) == REFUSALS
     assert written <= 30, from_file  # 5 at once, then one a second: a handful, not 1,000
     print(f"{REFUSALS} refusals: {written} lines and {len(summaries)} summaries")
+
+
+async def test_a_log_file_that_cannot_grow_gives_one_warning_and_no_tracebacks(
+    nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess]
+) -> None:
+    echo = await start_service(nursery, echo_handler)
+    ws, up = free_port(), free_port()
+    log_file = tmp_path / "server-file.log"
+    config = tmp_path / "server.toml"
+    config.write_text(toml_config("server", ws, connect={"up": echo}) + f'file = "{log_file}"\n')
+    read_end, write_end = os.pipe()  # 64 KiB: room for everything this test logs
+    server = start_run(config, write_end, max_file_bytes=2048)
+    os.close(write_end)
+    try:
+        client = TunnelProcess(
+            "client1", toml_config("client", ws, client_id=1, listen={"up": up}), tmp_path
+        )
+        procs.append(client)
+        with trio.fail_after(30):
+            await wait_port_open(ws)
+            await client.wait_log(r"client 1: now ACTIVE")
+            await wait_port_open(up)
+            for n in range(40):  # two INFO lines each: far past 2 KiB
+                payload = n.to_bytes(4, "big") * 100
+                assert await round_trip(up, payload) == (payload, "eof")
+        server.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            while server.poll() is None:
+                await trio.sleep(0.05)
+        assert server.returncode == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
+        with os.fdopen(read_end, "rb") as pipe:
+            output = pipe.read().decode(errors="replace")
+    assert "Traceback" not in output
+    warnings = [line for line in output.splitlines() if "cannot write to the log file" in line]
+    assert len(warnings) == 1, output[-3000:]
+    assert warnings[0].endswith(
+        f"WARNING trio_tunnel.logging: cannot write to the log file {log_file}: [Errno 27] "
+        "File too large; its log records are dropped until it works again (retried every 1s)"
+    )
+    assert log_file.stat().st_size <= 2048
+    # stdout, which could be written, has every stream's lines (and the port probe's).
+    assert len(re.findall(r"stream \d+ tunnel up peer \S+ closed", output)) >= 40
