@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -481,11 +481,11 @@ class FlakySink:
         self.full = True
         self.lines: list[str] = []
 
-    def write(self, record: logging.LogRecord) -> None:
+    def write(self, records: Sequence[logging.LogRecord]) -> None:
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         assert self.formatter is not None
-        self.lines.append(self.formatter.format(record))
+        self.lines += [self.formatter.format(record) for record in records]
 
     def close(self) -> None:
         pass

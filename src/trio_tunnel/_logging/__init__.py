@@ -175,10 +175,12 @@ class Pipeline(logging.Handler):
                 self._offer_all(_prepare(summary))
 
     def _offer_all(self, record: logging.LogRecord, *, skip: Output | None = None) -> None:
-        for output in list(self.outputs.values()):
-            if output is not skip:
-                # Each writer thread formats its own copy (formatting sets attributes on it).
-                output.offer(copy.copy(record))
+        outputs = [output for output in self.outputs.values() if output is not skip]
+        # Each writer thread formats its own copy (formatting sets attributes on it); the
+        # copies are taken before any thread can start on the record.
+        records = [record] + [copy.copy(record) for _ in outputs[1:]]
+        for output, own in zip(outputs, records, strict=False):
+            output.offer(own)
 
     def _warn_others(self, failing: Output, record: logging.LogRecord, in_writer: bool) -> None:
         others = [output for output in list(self.outputs.values()) if output is not failing]

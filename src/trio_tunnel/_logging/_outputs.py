@@ -19,25 +19,29 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol, TextIO
 
 from ._files import RotatingFile
 from ._formats import stdout_is_journal
 
 QUEUE_RECORDS: Final = 1000
+BATCH_RECORDS: Final = 200
 RETRY_SECS: Final = 1.0
-IDLE_SECS: Final = 0.2
+IDLE_SECS: Final = 0.5
 NOTICE_LOGGER: Final = "trio_tunnel.logging"
 
 
 class Sink(Protocol):
-    """Where an output writes: ``write`` raises OSError when the record could not be written."""
+    """Where an output writes: ``write`` raises (OSError) when the records could not be written.
+
+    Records come in batches: everything queued at the moment, up to ``BATCH_RECORDS``.
+    """
 
     name: str  # "stdout", "the log file /var/log/tunnel.log", "syslog at 10.0.0.5:514"
     formatter: logging.Formatter | None
 
-    def write(self, record: logging.LogRecord) -> None: ...
+    def write(self, records: Sequence[logging.LogRecord]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -60,9 +64,11 @@ class StdoutSink:
             self.fd = None
         self.journal = self.fd is not None and stdout_is_journal(self.fd)
 
-    def write(self, record: logging.LogRecord) -> None:
-        assert self.formatter is not None
-        text = self.formatter.format(record) + "\n"
+    def write(self, records: Sequence[logging.LogRecord]) -> None:
+        formatter = self.formatter
+        assert formatter is not None
+        # One write per batch (see RotatingFile for why).
+        text = "".join(formatter.format(record) + "\n" for record in records)
         if self.fd is None:
             self._stream.write(text)
             self._stream.flush()
@@ -90,8 +96,8 @@ class FileSink:
     def formatter(self, formatter: logging.Formatter | None) -> None:
         self.handler.setFormatter(formatter)
 
-    def write(self, record: logging.LogRecord) -> None:
-        self.handler.write(record)
+    def write(self, records: Sequence[logging.LogRecord]) -> None:
+        self.handler.write(records)
 
     def close(self) -> None:
         self.handler.close()
@@ -124,12 +130,13 @@ class SyslogSink:
     def formatter(self, formatter: logging.Formatter | None) -> None:
         self.handler.setFormatter(formatter)
 
-    def write(self, record: logging.LogRecord) -> None:
-        self.handler.failure = None
-        self.handler.emit(record)
-        failure, self.handler.failure = self.handler.failure, None
-        if failure is not None:
-            raise failure
+    def write(self, records: Sequence[logging.LogRecord]) -> None:
+        for record in records:  # one datagram each: that is the protocol
+            self.handler.failure = None
+            self.handler.emit(record)
+            failure, self.handler.failure = self.handler.failure, None
+            if failure is not None:
+                raise failure
 
     def close(self) -> None:
         self.handler.close()
@@ -229,29 +236,39 @@ class Output:
                         break
                     self._report_blocked()
                     continue
+                batch = [record]
+                while record is not _STOP and len(batch) < BATCH_RECORDS:
+                    try:
+                        record = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    batch.append(record)
                 try:
+                    self._write([r for r in batch if r is not _STOP])
                     if record is _STOP:
                         break
-                    self._write(record)
                     if self._queue.empty():  # what was queued before the drops is written
                         self._report_blocked()
                 finally:
-                    self._queue.task_done()
+                    for _ in batch:
+                        self._queue.task_done()
             self._report_blocked()
             self._report_failing()
         finally:
             self._close_sink()
 
-    def _write(self, record: logging.LogRecord) -> None:
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        if not records:
+            return
         now = time.monotonic()
         if self._failure is not None and now < self._retry_at:
-            self._count_failing_drop()
+            self._count_failing_drops(len(records))
             return
         try:
-            self.sink.write(record)
+            self.sink.write(records)
         except Exception as exc:  # every failure of an output is reported the same way
             self._retry_at = now + self._retry_secs
-            self._count_failing_drop()
+            self._count_failing_drops(len(records))
             if self._failure is None:
                 self._failure = _describe(exc)
                 self._warn_others(
@@ -268,10 +285,10 @@ class Output:
             return
         self._report_failing()
 
-    def _count_failing_drop(self) -> None:
-        self._dropped_failing += 1
+    def _count_failing_drops(self, count: int) -> None:
+        self._dropped_failing += count
         with self._lock:
-            self.dropped_total += 1
+            self.dropped_total += count
 
     def _report_blocked(self) -> None:
         with self._lock:
@@ -297,7 +314,7 @@ class Output:
 
     def _write_notice(self, record: logging.LogRecord) -> None:
         try:
-            self.sink.write(record)
+            self.sink.write([record])
         except Exception:  # failing again: the next record finds out and reports it
             return
 
