@@ -136,6 +136,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config, environment = loaded
+    from . import _logging
+
+    _logging.set_process(_logging.process_label(config.role, config.client_id))
     setup_logging(config.logging.level)
     try:
         trio.run(_run, config, environment, _config_path(args.config))

@@ -221,7 +221,7 @@ class Client:
                 self.connections += 1
                 if self.connections > 1:
                     self.metrics.reconnected()
-                log.info("client %d: connected to %s", self.client_id, url)
+                log.warning("client %d: connected to %s", self.client_id, url)
                 self._notify()
             return session.closing_reason or "closed"
 
@@ -262,7 +262,7 @@ class Client:
             self._drain_acked = True
         if active:
             self._closed_until = 0.0
-            log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
+            log.warning("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
         elif message.get("demoted"):
             close_secs = message.get("standby_socket_close_secs")
             if not isinstance(close_secs, (int, float)) or not 0 <= close_secs < 1e6:
@@ -277,7 +277,7 @@ class Client:
             )
             session.start_reset_all_streams("demoted to standby")
         else:
-            log.info("client %d: standby (epoch %d)", self.client_id, epoch)
+            log.warning("client %d: standby (epoch %d)", self.client_id, epoch)
         self._notify()
 
     def _on_first_data(self, stream: TunnelStream) -> None:
@@ -289,7 +289,7 @@ class Client:
         if trio.current_time() < self._closed_until:
             return
         self._activation_sent_epoch = self.epoch
-        log.info(
+        log.warning(
             "client %d: data on standby listener (tunnel %s): asking to become active",
             self.client_id,
             stream.tunnel,
@@ -352,7 +352,9 @@ class Client:
                                 _BIND_RETRY_SECS,
                             )
                     for tunnel in set(bind_failures) - set(now_failing):
-                        log.info("client %d: listening for tunnel %s again", self.client_id, tunnel)
+                        log.warning(
+                            "client %d: listening for tunnel %s again", self.client_id, tunnel
+                        )
                     bind_failures = now_failing
                 else:
                     self._listeners.close_all()

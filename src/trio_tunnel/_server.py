@@ -302,7 +302,7 @@ class Server:
             return
         now = trio.current_time()
         if now < client.demoted_until:
-            log.info(
+            log.warning(
                 "client %d: activation refused: its close period after demotion has %.1fs left",
                 client.client_id,
                 client.demoted_until - now,
@@ -456,11 +456,11 @@ class Server:
 
     async def _reset_streams_of(self, client: _Client, reason: str) -> None:
         count = await client.session.reset_all_streams(f"failover: {reason}")
-        log.info("client %d: %d streams reset by the failover", client.client_id, count)
+        log.warning("client %d: %d streams reset by the failover", client.client_id, count)
 
     def _log_state(self, what: str) -> None:
         connected = ",".join(str(c) for c in sorted(self._clients)) or "none"
-        log.info(
+        log.warning(
             "state (epoch %d): %s; connected: %s; active: %s",
             self._epoch,
             what,
