@@ -19,30 +19,42 @@ def peer_address(tcp: trio.SocketStream) -> str:
 
 
 class PeerStream(trio.abc.Stream):
-    """Wraps an accepted stream: ``remote`` names the peer, ``ended`` is set once it closes or
-    fails, ``refused`` once a refusal has been logged for it (so it is logged only once)."""
+    """Wraps a stream: ``remote`` names the peer, ``ended`` is set once it closes, fails or
+    the peer sends EOF (``failure`` keeps the error, ``peer_eof`` tells an EOF), ``refused``
+    once a refusal has been logged for it (so it is logged only once)."""
 
     def __init__(self, stream: trio.abc.Stream, remote: str) -> None:
         self._stream = stream
         self.remote = remote
         self.ended = trio.Event()
         self.refused = False
+        self.failure: BaseException | None = None
+        self.peer_eof = False
 
     def __repr__(self) -> str:
         return self.remote
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
-            return await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.ended.set()
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._failed(exc)
             raise
+        if not data:
+            self.peer_eof = True
+            self.ended.set()
+        return data
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self.ended.set()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.ended.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._failed(exc)
             raise
 
     async def wait_send_all_might_not_block(self) -> None:

@@ -12,6 +12,7 @@ refused peer is logged once with its address and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import ssl
@@ -129,6 +130,7 @@ class TlsServerStream(PeerStream):
         try:
             await self._ssl.do_handshake()
         except trio.BrokenResourceError as exc:
+            await self._send_alert()
             if not self.refused:
                 self.refused = True
                 log.warning(
@@ -144,6 +146,16 @@ class TlsServerStream(PeerStream):
             self.subject = ", ".join(
                 f"{key}={value}" for rdn in cert.get("subject", ()) for key, value in rdn
             )
+
+    async def _send_alert(self) -> None:
+        # trio drops what OpenSSL queued when a handshake fails, the alert telling the client
+        # why (unknown CA, bad or missing certificate): send it, so the client can say so at
+        # once instead of seeing a bare close. Best effort, bounded.
+        outgoing = getattr(self._ssl, "_outgoing", None)
+        alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+        if alert:
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                await self._ssl.transport_stream.send_all(alert)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await self._handshake()

@@ -113,18 +113,16 @@ async def connect(
     deadline = trio.current_time() + connect_timeout
     with trio.fail_at(deadline):
         stream = await _open_stream(host, port, ssl_context)
+    # Watched, so a stream that fails during the upgrade ends it at once with its reason (the
+    # library's reader would swallow it and leave the upgrade waiting for the deadline): with
+    # TLS 1.3 the server checks our certificate after our handshake has returned, and its
+    # alert (unknown CA, bad or missing certificate) arrives on the first read.
+    watched = PeerStream(stream, f"{host_header}")
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_at(deadline):
-                connection = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    host_header,
-                    resource,
-                    extra_headers=headers,
-                    message_queue_size=1,
-                    max_message_size=MAX_MESSAGE_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                connection = await _client_upgrade(
+                    nursery, watched, host_header, resource, headers, tls=ssl_context is not None
                 )
             ws = WebSocket(connection, close_timeout=close_timeout)
             try:
@@ -137,8 +135,69 @@ async def connect(
         # or timed-out connection) arrives wrapped by our nursery: raise it plainly.
         failure = _sole_failure(group)
         if failure is not None:
-            raise failure from None
+            raise failure from failure.__cause__  # keeps a TLS error's SSLError cause
         raise
+
+
+async def _client_upgrade(
+    nursery: trio.Nursery,
+    stream: PeerStream,
+    host_header: str,
+    resource: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    tls: bool,
+) -> trio_websocket.WebSocketConnection:
+    """The HTTP upgrade, ended at once (with the stream's own error) if the stream fails."""
+    connection: trio_websocket.WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def upgrade() -> None:
+            nonlocal connection
+            connection = await trio_websocket.wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]  # any trio stream works; typed too narrowly
+                host_header,
+                resource,
+                extra_headers=headers,
+                message_queue_size=1,
+                max_message_size=MAX_MESSAGE_SIZE,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+            )
+            race.cancel_scope.cancel()
+
+        async def ended() -> None:
+            await stream.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(upgrade)
+        race.start_soon(ended)
+    if connection is not None:
+        return connection
+    failure = stream.failure
+    if failure is not None and _tls_error_in(failure):
+        raise failure  # a TLS alert from the server: its reason names the cause
+    if tls:
+        # A server pinning client certificates refuses after the TLS handshake has succeeded,
+        # so no alert names the cause (the close or reset arrives bare); say what it most
+        # likely is.
+        raise trio.BrokenResourceError(
+            "the server closed the connection after the TLS handshake without answering the "
+            "WebSocket upgrade: most likely it did not accept this client's certificate (not "
+            "among the server's trusted_peers), or it dropped unauthenticated connections"
+        ) from failure
+    raise trio.BrokenResourceError(
+        "the server closed the connection without answering the WebSocket upgrade"
+    ) from failure
+
+
+def _tls_error_in(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 async def _open_stream(
