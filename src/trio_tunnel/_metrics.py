@@ -84,7 +84,20 @@ _RESET_NEEDLES = (
 # (a Prometheus rate() over a series that appears mid-way misses its first increment).
 RESET_KINDS = (*dict.fromkeys(kind for _, kind in _RESET_NEEDLES), "other")
 SWITCH_REASONS = ("first_client", "data", "client_lost", "other")
-REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
+REFUSAL_REASONS = (
+    "unknown_path",
+    "auth_token",
+    "handshake",
+    "tls",
+    # before authentication (see _admission): a phase's deadline, a bad request, or dropped
+    # to make room (the per-address cap, the total cap)
+    "tls_timeout",
+    "request_timeout",
+    "bad_request",
+    "hello_timeout",
+    "per_address",
+    "evicted",
+)
 
 
 def reset_kind(reason: str) -> str:

@@ -343,34 +343,35 @@ class Server:
         remote = request.remote
         ws_settings = self.config.websocket
         if request.path.split("?")[0] != ws_settings.path.split("?")[0]:
-            log.warning("refused %s: unknown path %r", remote, request.path)
-            self.metrics.refused("unknown_path")
+            request.refuse("unknown_path", f"unknown path {request.path!r}")
             await request.reject(404, "unknown path\n")
             return
         if self._token is not None:
             refusal = _token_refusal(request.header("authorization"), self._token)
             if refusal is not None:
                 status, why = refusal
-                log.warning("refused %s: %s", remote, why)
-                self.metrics.refused("auth_token")
+                request.refuse("auth_token", why, kind=str(status))
                 await request.reject(status, f"{why}\n")
                 return
         ws = await request.accept()
         try:
-            hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
+            hello = await server_handshake(
+                ws, timeout=max(0.0, request.hello_deadline - trio.current_time())
+            )
         except (
             HandshakeError,
             RemoteProtocolError,
             trio.TooSlowError,
             _ws.ConnectionClosed,
         ) as exc:
-            why = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            log.warning("refused %s: %s", remote, why or type(exc).__name__)
-            self.metrics.refused("handshake")
+            timed_out = isinstance(exc, trio.TooSlowError)
+            why = "handshake timed out" if timed_out else str(exc) or type(exc).__name__
+            request.refuse("hello_timeout" if timed_out else "handshake", why)
             if not isinstance(exc, _ws.ConnectionClosed):
                 await send_refusal(ws, why)
             await ws.aclose(1008, why)
             return
+        request.admitted()
         streams = self.config.streams
         settings = SessionSettings(
             window=streams.window_bytes,

@@ -147,6 +147,17 @@ class TlsServerStream(PeerStream):
                 f"{key}={value}" for rdn in cert.get("subject", ()) for key, value in rdn
             )
 
+    async def handshake(self) -> str | None:
+        """Handshake now: None if it succeeded, else the failure in words, which the caller
+        reports (rate-limited); it is not logged here."""
+        self.refused = True  # reported by the caller, not by the lazy path below
+        try:
+            await self._handshake()
+        except trio.BrokenResourceError as exc:
+            return describe_tls_failure(exc)
+        self.refused = False
+        return None
+
     async def _send_alert(self) -> None:
         # trio drops what OpenSSL queued when a handshake fails, the alert telling the client
         # why (unknown CA, bad or missing certificate): send it, so the client can say so at
