@@ -97,6 +97,8 @@ REFUSAL_REASONS = (
     "hello_timeout",
     "per_address",
     "evicted",
+    # a second process claiming a live client's id, past the quick-restart replacements
+    "id_in_use",
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -31,6 +32,52 @@ from ._stream import reset_tcp
 from ._tls import server_context
 
 log = logging.getLogger("trio_tunnel.server")
+
+# A new connection with a live client's id replaces that session (a quick restart), but not
+# forever: after this many replacements within the window, two processes are fighting over
+# one id, and newcomers are refused while the holder lives, until the back-off has passed
+# since the last refused attempt.
+REPLACEMENTS_BEFORE_BACKOFF = 3
+REPLACEMENT_WINDOW_SECS = 60.0
+REPLACEMENT_BACKOFF_SECS = 60.0
+
+
+@attrs.define
+class _IdConflict:
+    """The replacement history of one client id."""
+
+    replaced_at: list[float] = attrs.field(factory=list)  # within the window
+    backoff_until: float = 0.0
+    refused: int = 0  # attempts refused since the last ERROR
+    logged_at: float = -math.inf
+
+
+class _Replacements:
+    """Decides whether a newcomer may replace the live session holding its client id."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, _IdConflict] = {}
+
+    def replaced(self, client_id: int, now: float) -> None:
+        conflict = self._ids.setdefault(client_id, _IdConflict())
+        conflict.replaced_at = [
+            t for t in conflict.replaced_at if now - t < REPLACEMENT_WINDOW_SECS
+        ]
+        conflict.replaced_at.append(now)
+
+    def refuse(self, client_id: int, now: float) -> _IdConflict | None:
+        """None: the newcomer may replace the holder; else the conflict it is refused for
+        (its back-off starts, or is extended, now)."""
+        conflict = self._ids.get(client_id)
+        if conflict is None:
+            return None
+        recent = [t for t in conflict.replaced_at if now - t < REPLACEMENT_WINDOW_SECS]
+        conflict.replaced_at = recent
+        if now >= conflict.backoff_until and len(recent) < REPLACEMENTS_BEFORE_BACKOFF:
+            return None
+        conflict.backoff_until = now + REPLACEMENT_BACKOFF_SECS
+        conflict.refused += 1
+        return conflict
 
 
 @attrs.frozen
@@ -101,6 +148,7 @@ class Server:
         )
         self._listeners = ListenerSet(self._on_tcp)
         self.listen_ports = self._listeners.ports
+        self._replacements = _Replacements()
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
             "connected_clients": len(self._clients),
@@ -316,6 +364,7 @@ class Server:
                 remote,
                 old.remote,
             )
+            self._replacements.replaced(client_id, trio.current_time())
             self._unregister(old, "replaced by a new connection")
         self._clients[client_id] = _Client(client_id, session, remote, trio.current_time())
         self._log_state(f"client {client_id} connected from {remote}")
@@ -372,6 +421,12 @@ class Server:
             await ws.aclose(1008, why)
             return
         request.admitted()
+        conflict = self._id_conflict(hello.client_id, remote)
+        if conflict is not None:
+            request.refuse("id_in_use", conflict, kind=str(hello.client_id))
+            await send_refusal(ws, conflict)
+            await ws.aclose(1008, "client id in use")
+            return
         streams = self.config.streams
         settings = SessionSettings(
             window=streams.window_bytes,
@@ -397,6 +452,40 @@ class Server:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.run)
             self._register(hello.client_id, session, remote)
+
+    def _id_conflict(self, client_id: int, remote: str) -> str | None:
+        """Why a newcomer claiming ``client_id`` is refused, or None if it may connect (no
+        live holder, or a quick restart replacing it)."""
+        holder = self._clients.get(client_id)
+        if holder is None or holder.session.closed:
+            return None
+        now = trio.current_time()
+        conflict = self._replacements.refuse(client_id, now)
+        if conflict is None:
+            return None
+        if now - conflict.logged_at >= REPLACEMENT_BACKOFF_SECS:
+            log.error(
+                "client %d: connections from %s and %s both claim this client id and kept "
+                "replacing each other (%d times within %gs): keeping the session from %s and "
+                "refusing newcomers for this id while it lives (%d refused so far); are two "
+                "processes configured as client %d?",
+                client_id,
+                holder.remote,
+                remote,
+                REPLACEMENTS_BEFORE_BACKOFF,
+                REPLACEMENT_WINDOW_SECS,
+                holder.remote,
+                conflict.refused,
+                client_id,
+            )
+            conflict.logged_at = now
+        return (
+            f"client id {client_id} is in use by a live session from {holder.remote}, which "
+            f"new connections replaced {REPLACEMENTS_BEFORE_BACKOFF} times within "
+            f"{REPLACEMENT_WINDOW_SECS:g}s (two processes configured as client {client_id}?); "
+            f"refused until {REPLACEMENT_BACKOFF_SECS:g}s after the last attempt, or that "
+            "session ends"
+        )
 
     def session_ended(self, session: Session) -> None:
         client = self._client_of(session)
