@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import signal
 import time
@@ -20,7 +21,16 @@ from pathlib import Path
 
 import attrs
 import trio
+import trio_websocket
 from deploy import LOCALHOST, Deployment, MiB
+
+from trio_tunnel._protocol import (
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION,
+    FrameType,
+    encode_frame,
+    encode_json,
+)
 
 REQUEST_HEAD_SECS = 5.0  # trio_tunnel._admission.REQUEST_HEAD_SECS (its default)
 OTHER_ADDRESS_TARGET = 2.0
@@ -55,6 +65,7 @@ class Attack:
     closed_by_server: int = 0
     failed: int = 0
     held: int = 0
+    handshake: float = 0.0  # a fresh WebSocket's upgrade and HELLO during the flood
 
     async def slot(self, source: str) -> None:
         while True:
@@ -100,6 +111,28 @@ class Attack:
             nursery.start_soon(watch)
 
 
+async def _handshake_time(port: int) -> float:
+    """Seconds for a fresh WebSocket from 127.0.0.1 to get its WELCOME (as client 2, which
+    this deployment does not run): the server's side of a reconnect, without the time a
+    restarted process takes to start."""
+    hello = {
+        "protocol": PROTOCOL_NAME,
+        "version": PROTOCOL_VERSION,
+        "role": "client",
+        "client_id": 2,
+        "window": 262144,
+        "listen": [],
+        "connect": [],
+    }
+    started = time.monotonic()
+    with trio.fail_after(30):
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send_message(encode_frame(FrameType.HELLO, 0, 0, encode_json(hello)))
+            await ws.get_message()
+            seconds = time.monotonic() - started
+    return seconds
+
+
 async def _restart_time(dep: Deployment) -> float:
     """Kill client 1, start it again; seconds from the start until it is connected."""
     client = dep.clients[1]
@@ -109,6 +142,15 @@ async def _restart_time(dep: Deployment) -> float:
     client.start()
     await client.wait_log(r"client 1: connected to", timeout=60)
     return time.monotonic() - started
+
+
+def cpu_secs(pid: int | None = None) -> float:
+    """CPU time (user + system) of ``pid``, or of this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _phase(
@@ -122,6 +164,7 @@ async def _phase(
         # connections opened, held, dropped and opened again.
         await trio.sleep(hold_secs)
         held_at_restart = attack.held
+        attack.handshake = await _handshake_time(dep.ws)
         seconds = await _restart_time(dep)
         nursery.cancel_scope.cancel()
     return seconds, attack, held_at_restart
@@ -149,14 +192,22 @@ async def scenario_flood(args: argparse.Namespace, workdir: Path) -> bool:
             ("idle, the client's own address", [LOCALHOST] * count, False, OWN_ADDRESS_TARGET),
         ]
         for name, sources, slowloris, target in phases:
+            started = time.monotonic()
+            server_cpu, own_cpu = cpu_secs(dep.server.pid), cpu_secs()
             seconds, attack, held = await _phase(dep, sources, slowloris, args.flood_hold_secs)
+            wall = time.monotonic() - started
+            server_cpu = cpu_secs(dep.server.pid) - server_cpu
+            own_cpu = cpu_secs() - own_cpu
             passed = seconds <= target and dep.server.alive
             ok = ok and passed
             say(
                 f"  {name}: client 1 connected {seconds:.2f}s after its restart (target "
-                f"{target:g}s) {'ok' if passed else 'MISSED'}; attacker held {held} at the "
+                f"{target:g}s) {'ok' if passed else 'MISSED'}; a fresh WebSocket got its "
+                f"WELCOME in {attack.handshake * 1000:.0f} ms; attacker held {held} at the "
                 f"restart, opened {attack.opened}, closed by the server {attack.closed_by_server}"
                 f", connect failures {attack.failed}; server RSS {dep.server.rss() / MiB:.1f} MiB"
+                f"; CPU over the phase: server {server_cpu / wall:.0%}, attacker "
+                f"{own_cpu / wall:.0%}"
             )
             await trio.sleep(REQUEST_HEAD_SECS + 1)  # the leftovers expire before the next
         say(

@@ -30,11 +30,24 @@ class PeerStream(trio.abc.Stream):
         self.refused = False
         self.failure: BaseException | None = None
         self.peer_eof = False
+        self._unread: bytes | bytearray = b""
 
     def __repr__(self) -> str:
         return self.remote
 
+    async def peek(self, max_bytes: int) -> bytes | bytearray:
+        """Wait for the first data and keep it for the next ``receive_some``: a connection
+        that sends nothing then costs no more than this wait."""
+        data = await self.receive_some(max_bytes)
+        self._unread = data
+        return data
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._unread:
+            size = len(self._unread) if max_bytes is None else max_bytes
+            data, self._unread = self._unread[:size], self._unread[size:]
+            await trio.lowlevel.checkpoint()
+            return data
         try:
             data = await self._stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -10,6 +10,7 @@ down).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import sys
@@ -345,35 +346,42 @@ async def _serve_connection(
     ticket = admission.enter(stream.remote, grace=close_timeout + 1)
     request: trio_websocket.WebSocketRequest | None = None
     try:
-        async with trio.open_nursery() as nursery:  # the library's reader task
-            try:
-                with ticket.scope:
-                    request = await _upgrade(stream, nursery, admission, ticket)
-                    if request is not None:
-                        await handler(Request(request, close_timeout, admission, ticket))
-                if ticket.scope.cancelled_caught and ticket.dropped is None:
-                    # The handler outlived every deadline (it bounds its own phases).
-                    admission.refusals.note(
-                        "handshake",
-                        stream.remote,
-                        f"not through the handshake within {admission.handshake_timeout:g}s",
-                    )
-            finally:
-                nursery.cancel_scope.cancel()
-                with trio.move_on_after(close_timeout) as close_scope:
-                    close_scope.shield = True
-                    if request is None:  # nothing to say goodbye to
-                        await trio.aclose_forcefully(stream)
-                    else:
-                        await stream.aclose()
+        with ticket.scope:
+            head = await _first_data(stream, admission, ticket)
+            if head is not None:
+                async with trio.open_nursery() as nursery:  # the library's reader task
+                    try:
+                        request = await _request_head(stream, nursery, admission, ticket, head)
+                        if request is not None:
+                            await handler(Request(request, close_timeout, admission, ticket))
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        if request is not None:
+                            with trio.move_on_after(close_timeout) as close_scope:
+                                close_scope.shield = True
+                                await stream.aclose()
+        if ticket.scope.cancelled_caught and ticket.dropped is None:
+            # The handler outlived every deadline (it bounds its own phases).
+            admission.refusals.note(
+                "handshake",
+                stream.remote,
+                f"not through the handshake within {admission.handshake_timeout:g}s",
+            )
     finally:
         admission.leave(ticket)
+        if request is None:  # nothing to say goodbye to
+            await trio.aclose_forcefully(stream)
 
 
-async def _upgrade(
-    stream: PeerStream, nursery: trio.Nursery, admission: Admission, ticket: Ticket
-) -> trio_websocket.WebSocketRequest | None:
-    """TLS (if any) and the HTTP request head, each within its deadline; None if refused."""
+async def _first_data(
+    stream: PeerStream, admission: Admission, ticket: Ticket
+) -> tuple[float, float] | None:
+    """TLS (if any), then the first bytes of the request, each within its deadline.
+
+    Nothing else is set up for a connection until it sends something, so a flood of silent
+    connections costs little more than their sockets. Returns when the request-head phase
+    started and its deadline, or None if refused (reported here).
+    """
     limits = admission.limits
     refusals = admission.refusals
     if isinstance(stream, TlsServerStream):
@@ -393,9 +401,45 @@ async def _upgrade(
             return None
         if stream.subject:  # a client certificate the server verified
             admission.prove(ticket)
-    request: trio_websocket.WebSocketRequest | None = None
     started = trio.current_time()
-    with trio.move_on_at(ticket.phase_deadline(limits.request_head_secs)) as head_scope:
+    deadline = ticket.phase_deadline(limits.request_head_secs)
+    data: bytes | bytearray = b""
+    with trio.move_on_at(deadline) as first_scope:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            data = await stream.peek(RECEIVE_BUFFER_SIZE)
+    if first_scope.cancelled_caught:
+        _request_timeout(stream, admission, started, deadline)
+        return None
+    if not data:
+        refusals.note(
+            "bad_request", stream.remote, "closed the connection before completing its request"
+        )
+        return None
+    return started, deadline
+
+
+def _request_timeout(
+    stream: PeerStream, admission: Admission, started: float, deadline: float
+) -> None:
+    admission.refusals.note(
+        "request_timeout",
+        stream.remote,
+        f"no complete WebSocket upgrade request within {_secs(deadline - started)}s",
+    )
+
+
+async def _request_head(
+    stream: PeerStream,
+    nursery: trio.Nursery,
+    admission: Admission,
+    ticket: Ticket,
+    head: tuple[float, float],
+) -> trio_websocket.WebSocketRequest | None:
+    """The rest of the HTTP request head, by the phase's deadline; None if refused."""
+    started, deadline = head
+    refusals = admission.refusals
+    request: trio_websocket.WebSocketRequest | None = None
+    with trio.move_on_at(deadline) as head_scope:
         async with trio.open_nursery() as race:
 
             async def upgrade() -> None:
@@ -420,11 +464,7 @@ async def _upgrade(
         admission.prove(ticket)
         return request
     if head_scope.cancelled_caught:
-        refusals.note(
-            "request_timeout",
-            stream.remote,
-            f"no complete WebSocket upgrade request within {_secs(head_scope.deadline - started)}s",
-        )
+        _request_timeout(stream, admission, started, deadline)
     elif stream.peer_eof:
         refusals.note(
             "bad_request", stream.remote, "closed the connection before completing its request"
