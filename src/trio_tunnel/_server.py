@@ -48,7 +48,7 @@ class _IdConflict:
 
     replaced_at: list[float] = attrs.field(factory=list)  # within the window
     backoff_until: float = 0.0
-    refused: int = 0  # attempts refused since the last ERROR
+    refused: int = 0  # newcomers refused for this id, in all
     logged_at: float = -math.inf
 
 
