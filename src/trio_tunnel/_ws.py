@@ -118,7 +118,7 @@ async def connect(
     # library's reader would swallow it and leave the upgrade waiting for the deadline): with
     # TLS 1.3 the server checks our certificate after our handshake has returned, and its
     # alert (unknown CA, bad or missing certificate) arrives on the first read.
-    watched = PeerStream(stream, f"{host_header}")
+    watched = PeerStream(stream, host_header)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_at(deadline):
