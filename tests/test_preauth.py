@@ -10,6 +10,7 @@ refusals are logged) run on trio's autojump clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,15 @@ import trio_tunnel as tt
 from trio_tunnel import _admission
 from trio_tunnel._admission import Admission, Limits, RefusalLog
 
-from .helpers import LOCALHOST, Rig, client_config, open_rig, server_config, start_client
+from .helpers import (
+    LOCALHOST,
+    Rig,
+    client_config,
+    open_rig,
+    read_to_end,
+    server_config,
+    start_client,
+)
 from .test_hostile import raw_websocket
 
 LONG = 30.0  # every deadline of the flooded server: far longer than any test may take
@@ -245,3 +254,30 @@ async def test_refusals_are_logged_once_per_interval_with_a_count(
         assert caplog.records[-1].getMessage() == "refused 127.0.0.2:9: no request within 5s"
         nursery.cancel_scope.cancel()
     assert len(counted) == 502
+
+
+async def test_slowloris_and_oversized_request_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head sent a byte at a time ends at the request-head deadline, however steadily it
+    drips; one longer than any upgrade request is refused at once."""
+    monkeypatch.setattr(_admission, "DEFAULT_LIMITS", Limits(request_head_secs=0.5))
+    with trio.fail_after(20):
+        async with open_rig(flooded_server()) as rig:
+            port = rig.server.websocket_port
+            async with await trio.open_tcp_stream(LOCALHOST, port) as tcp:
+                await tcp.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                with trio.fail_after(5):
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        while True:
+                            await tcp.send_all(b"x")
+                            with trio.move_on_after(0.05):
+                                if await tcp.receive_some(1) == b"":
+                                    break
+            await wait_refused(rig, "request_timeout", 1)
+            async with await trio.open_tcp_stream(LOCALHOST, port) as tcp:
+                await tcp.send_all(b"GET / HTTP/1.1\r\nX-Big: " + b"y" * 20000)
+                with trio.fail_after(5):
+                    answer, _end = await read_to_end(tcp)
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:80]
+            # Refused as a bad request, not at the deadline.
+            await wait_refused(rig, "bad_request", 1)
+            assert refused(rig, "request_timeout") == 1

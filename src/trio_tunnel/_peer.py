@@ -35,12 +35,21 @@ class PeerStream(trio.abc.Stream):
     def __repr__(self) -> str:
         return self.remote
 
-    async def peek(self, max_bytes: int) -> bytes | bytearray:
-        """Wait for the first data and keep it for the next ``receive_some``: a connection
-        that sends nothing then costs no more than this wait."""
-        data = await self.receive_some(max_bytes)
-        self._unread = data
-        return data
+    async def read_head(self, limit: int) -> bytes:
+        """Read until an HTTP head is complete (a blank line), ``limit`` bytes are exceeded
+        or the peer ends, and keep it all for the next ``receive_some``: until then a
+        connection costs no more than this buffer, however slowly it sends (slowloris).
+        Returns what was read (empty: the peer ended before sending anything)."""
+        head = bytearray(self._unread)
+        try:
+            while b"\r\n\r\n" not in head and len(head) <= limit:
+                data = await self._receive(limit + 1 - len(head))
+                if not data:
+                    break
+                head += data
+        finally:
+            self._unread = bytes(head)  # kept even when cancelled or broken
+        return self._unread
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._unread:
@@ -48,6 +57,9 @@ class PeerStream(trio.abc.Stream):
             data, self._unread = self._unread[:size], self._unread[size:]
             await trio.lowlevel.checkpoint()
             return data
+        return await self._receive(max_bytes)
+
+    async def _receive(self, max_bytes: int | None) -> bytes | bytearray:
         try:
             data = await self._stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -33,6 +33,9 @@ from ._tls import TlsListener, TlsServerStream
 
 RECEIVE_BUFFER_SIZE = 256 * 1024
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+# An upgrade request head is a few hundred bytes; past this it is not one (h11, under the
+# WebSocket library, also refuses heads above 16 KiB).
+MAX_REQUEST_HEAD = 16 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
 
 ConnectionClosed = trio_websocket.ConnectionClosed
@@ -376,10 +379,11 @@ async def _serve_connection(
 async def _first_data(
     stream: PeerStream, admission: Admission, ticket: Ticket
 ) -> tuple[float, float] | None:
-    """TLS (if any), then the first bytes of the request, each within its deadline.
+    """TLS (if any), then the request head, each within its deadline.
 
-    Nothing else is set up for a connection until it sends something, so a flood of silent
-    connections costs little more than their sockets. Returns when the request-head phase
+    Nothing else is set up for a connection until its request head has arrived (or passed
+    the size any valid one has), so a flood of silent or slowloris connections costs little
+    more than their sockets and a small buffer each. Returns when the request-head phase
     started and its deadline, or None if refused (reported here).
     """
     limits = admission.limits
@@ -403,10 +407,10 @@ async def _first_data(
             admission.prove(ticket)
     started = trio.current_time()
     deadline = ticket.phase_deadline(limits.request_head_secs)
-    data: bytes | bytearray = b""
+    data = b""
     with trio.move_on_at(deadline) as first_scope:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            data = await stream.peek(RECEIVE_BUFFER_SIZE)
+            data = await stream.read_head(MAX_REQUEST_HEAD)
     if first_scope.cancelled_caught:
         _request_timeout(stream, admission, started, deadline)
         return None
