@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -145,7 +144,7 @@ async def _restart_time(dep: Deployment) -> float:
     """Kill client 1, start it again; seconds from the start until it is connected (inf if
     not within RESTART_WAIT_SECS)."""
     client = dep.clients[1]
-    client.kill(signal.SIGKILL)
+    client.kill()  # SIGKILL
     await client.wait_exit()
     started = time.monotonic()
     client.start()
