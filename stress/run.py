@@ -10,6 +10,8 @@ is 1 if any scenario failed. Scenarios (all by default, ``--only`` to pick):
   directions while the server and the clients are killed and restarted at random moments.
   Every transfer must end complete (SHA-256 equal at both ends) or reset; never truncated
   with a clean EOF, never corrupted.
+* ``flood``  2,000 idle or slowloris connections on the WebSocket port while client 1
+  restarts: its reconnect time and the server's RSS (``flood.py``).
 * ``soak``   mixed traffic for 10 minutes with a failover every 30 s (a SIGKILL, a SIGTERM
   or data at the standby, in turn); RSS sampled over time must stay flat.
 
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import trio
 from deploy import LOCALHOST, Deployment, MiB, Proc
+from flood import add_arguments as add_flood_arguments
+from flood import scenario_flood
 from traffic import Kind, Refused, Service, Tally, Transfer, classify, run_transfer
 
 KiB = 1024
@@ -447,6 +451,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Awaitable[bool]]] = {
     "punish": scenario_punish,
     "chaos": scenario_chaos,
     "soak": scenario_soak,
+    "flood": scenario_flood,
 }
 
 
@@ -475,6 +480,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--soak-failovers", default="kill,term,data")
     parser.add_argument("--soak-sample-every", type=float, default=5)
     parser.add_argument("--soak-print-every", type=float, default=60)
+    add_flood_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for name, value in {

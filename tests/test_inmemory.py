@@ -225,7 +225,7 @@ async def test_server_refuses_a_websocket_that_never_says_hello_at_the_handshake
                 assert closed.value.reason.code == 1008
                 assert trio.current_time() - upgraded == approx(handshake)
                 nursery.cancel_scope.cancel()
-            assert deployment.server.metrics.refused_peers["handshake"] == 1
+            assert deployment.server.metrics.refused_peers["hello_timeout"] == 1
             assert deployment.server.state.connected == ()
 
 

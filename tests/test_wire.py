@@ -232,12 +232,12 @@ async def test_silent_peer_is_dropped_after_handshake_timeout() -> None:
                 assert exc.reason.code == 1008
 
 
-async def test_half_open_flood_is_shed_past_the_upgrade_limit(
+async def test_half_open_flood_past_the_pending_limit_drops_the_oldest(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from trio_tunnel import _ws
+    from trio_tunnel import _admission
 
-    monkeypatch.setattr(_ws, "MAX_PENDING_UPGRADES", 5)
+    monkeypatch.setattr(_admission, "DEFAULT_LIMITS", _admission.Limits(max_pending=5))
     config = server_config()
     config = config.__class__(
         role="server",
@@ -249,12 +249,13 @@ async def test_half_open_flood_is_shed_past_the_upgrade_limit(
             silent = [await trio.open_tcp_stream(LOCALHOST, port) for _ in range(5)]
             await trio.sleep(0.2)  # all five are now waiting in their upgrade
             extra = await trio.open_tcp_stream(LOCALHOST, port)
-            with trio.fail_after(0.8):  # shed at once, well before the handshake timeout
-                assert await read_to_end(extra) == (b"", "eof")
-            await extra.aclose()
-            for tcp in silent:  # the pending ones end at the handshake timeout
+            with trio.fail_after(0.8):  # the oldest is dropped at once, not the newest
+                assert await read_to_end(silent[0]) == (b"", "eof")
+            for tcp in [*silent[1:], extra]:  # the others end at the handshake timeout
                 assert (await read_to_end(tcp))[0] == b""
+            for tcp in [*silent, extra]:
                 await tcp.aclose()
             async with raw_client(port, client_id=1):
                 assert rig.server.state.connected == (1,)
-    assert "shedding new ones" in caplog.text
+            assert rig.server.metrics.refused_peers["evicted"] >= 1
+    assert "dropped to make room" in caplog.text

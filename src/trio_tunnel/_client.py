@@ -439,12 +439,42 @@ def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, trio_websocket.HandshakeError) and exc.__cause__ is not None:
         return _describe_failure(exc.__cause__)
     if isinstance(exc, trio.BrokenResourceError):
-        return describe_tls_failure(exc)
+        refusal = _server_tls_refusal(exc)
+        return refusal or describe_tls_failure(exc)
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     if isinstance(exc, trio.TooSlowError):
         return "handshake timed out"
     return str(exc) or type(exc).__name__
+
+
+# TLS alerts a server sends when it refuses this client's certificate, in words.
+_CERTIFICATE_ALERTS = {
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown CA (the server's trusted_ca did not sign it)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no certificate sent (the server requires mutual_tls)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate revoked",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate not accepted",
+    "TLSV1_ALERT_ACCESS_DENIED": "access denied",
+}
+
+
+def _server_tls_refusal(exc: BaseException) -> str | None:
+    """``the server refused this client's certificate: why`` if ``exc`` carries such an alert."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            reason = str(getattr(cause, "reason", "") or "")
+            why = _CERTIFICATE_ALERTS.get(reason)
+            return (
+                f"the server refused this client's TLS certificate: {why} ({reason})"
+                if why
+                else None
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @asynccontextmanager

@@ -101,7 +101,22 @@ class Metrics:
 # (a Prometheus rate() over a series that appears mid-way misses its first increment).
 RESET_KINDS = tuple(code.label for code in ResetCode)
 SWITCH_REASONS = ("first_client", "data", "client_lost", "drain", "other")
-REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
+REFUSAL_REASONS = (
+    "unknown_path",
+    "auth_token",
+    "handshake",
+    "tls",
+    # before authentication (see _admission): a phase's deadline, a bad request, or dropped
+    # to make room (the per-address cap, the total cap)
+    "tls_timeout",
+    "request_timeout",
+    "bad_request",
+    "hello_timeout",
+    "per_address",
+    "evicted",
+    # a second process claiming a live client's id, past the quick-restart replacements
+    "id_in_use",
+)
 
 
 def switch_kind(reason: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +34,52 @@ from ._session import Refusal, Session, SessionSettings
 from ._stream import AppStream, reset_tcp
 
 log = logging.getLogger("trio_tunnel.server")
+
+# A new connection with a live client's id replaces that session (a quick restart), but not
+# forever: after this many replacements within the window, two processes are fighting over
+# one id, and newcomers are refused while the holder lives, until the back-off has passed
+# since the last refused attempt.
+REPLACEMENTS_BEFORE_BACKOFF = 3
+REPLACEMENT_WINDOW_SECS = 60.0
+REPLACEMENT_BACKOFF_SECS = 60.0
+
+
+@attrs.define
+class _IdConflict:
+    """The replacement history of one client id."""
+
+    replaced_at: list[float] = attrs.field(factory=list)  # within the window
+    backoff_until: float = 0.0
+    refused: int = 0  # newcomers refused for this id, in all
+    logged_at: float = -math.inf
+
+
+class _Replacements:
+    """Decides whether a newcomer may replace the live session holding its client id."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, _IdConflict] = {}
+
+    def replaced(self, client_id: int, now: float) -> None:
+        conflict = self._ids.setdefault(client_id, _IdConflict())
+        conflict.replaced_at = [
+            t for t in conflict.replaced_at if now - t < REPLACEMENT_WINDOW_SECS
+        ]
+        conflict.replaced_at.append(now)
+
+    def refuse(self, client_id: int, now: float) -> _IdConflict | None:
+        """None: the newcomer may replace the holder; else the conflict it is refused for
+        (its back-off starts, or is extended, now)."""
+        conflict = self._ids.get(client_id)
+        if conflict is None:
+            return None
+        recent = [t for t in conflict.replaced_at if now - t < REPLACEMENT_WINDOW_SECS]
+        conflict.replaced_at = recent
+        if now >= conflict.backoff_until and len(recent) < REPLACEMENTS_BEFORE_BACKOFF:
+            return None
+        conflict.backoff_until = now + REPLACEMENT_BACKOFF_SECS
+        conflict.refused += 1
+        return conflict
 
 
 @attrs.frozen
@@ -98,6 +145,7 @@ class Server:
         # [failover] close_server_listeners: the listen ports stay closed until then.
         self._listeners_closed_until = float("-inf")
         self.listen_ports = self._listeners.ports
+        self._replacements = _Replacements()
         self.metrics = Metrics(role="server")
         self.metrics.live = lambda: {
             "connected_clients": len(self._clients),
@@ -481,6 +529,7 @@ class Server:
                 remote,
                 old.remote,
             )
+            self._replacements.replaced(client_id, trio.current_time())
             self._unregister(old, "replaced by a new connection")
         self._clients[client_id] = _Client(client_id, session, remote, trio.current_time())
         self._log_state(f"client {client_id} connected from {remote}")
@@ -508,33 +557,40 @@ class Server:
         remote = request.remote
         ws_settings = self.config.websocket
         if request.path.split("?")[0] != ws_settings.path.split("?")[0]:
-            log.warning("refused %s: unknown path %r", remote, request.path)
-            self.metrics.refused("unknown_path")
+            request.refuse("unknown_path", f"unknown path {request.path!r}")
             await request.reject(404, "unknown path\n")
             return
         if self._token is not None:
             refusal = _token_refusal(request.header("authorization"), self._token)
             if refusal is not None:
                 status, why = refusal
-                log.warning("refused %s: %s", remote, why)
-                self.metrics.refused("auth_token")
+                request.refuse("auth_token", why, kind=str(status))
                 await request.reject(status, f"{why}\n")
                 return
         ws = await request.accept()
         try:
-            hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
+            hello = await server_handshake(
+                ws, timeout=max(0.0, request.hello_deadline - trio.current_time())
+            )
         except (
             HandshakeError,
             RemoteProtocolError,
             trio.TooSlowError,
             _ws.ConnectionClosed,
         ) as exc:
-            why = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            log.warning("refused %s: %s", remote, why or type(exc).__name__)
-            self.metrics.refused("handshake")
+            timed_out = isinstance(exc, trio.TooSlowError)
+            why = "handshake timed out" if timed_out else str(exc) or type(exc).__name__
+            request.refuse("hello_timeout" if timed_out else "handshake", why)
             if not isinstance(exc, _ws.ConnectionClosed):
                 await send_refusal(ws, why)
             await ws.aclose(1008, why)
+            return
+        request.admitted()
+        conflict = self._id_conflict(hello.client_id, remote)
+        if conflict is not None:
+            request.refuse("id_in_use", conflict, kind=str(hello.client_id))
+            await send_refusal(ws, conflict)
+            await ws.aclose(1008, "client id in use")
             return
         streams = self.config.streams
         settings = SessionSettings(
@@ -562,6 +618,40 @@ class Server:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.run)
             self._register(hello.client_id, session, remote)
+
+    def _id_conflict(self, client_id: int, remote: str) -> str | None:
+        """Why a newcomer claiming ``client_id`` is refused, or None if it may connect (no
+        live holder, or a quick restart replacing it)."""
+        holder = self._clients.get(client_id)
+        if holder is None or holder.session.closed:
+            return None
+        now = trio.current_time()
+        conflict = self._replacements.refuse(client_id, now)
+        if conflict is None:
+            return None
+        if now - conflict.logged_at >= REPLACEMENT_BACKOFF_SECS:
+            log.error(
+                "client %d: connections from %s and %s both claim this client id and kept "
+                "replacing each other (%d times within %gs): keeping the session from %s and "
+                "refusing newcomers for this id while it lives (%d refused so far); are two "
+                "processes configured as client %d?",
+                client_id,
+                holder.remote,
+                remote,
+                REPLACEMENTS_BEFORE_BACKOFF,
+                REPLACEMENT_WINDOW_SECS,
+                holder.remote,
+                conflict.refused,
+                client_id,
+            )
+            conflict.logged_at = now
+        return (
+            f"client id {client_id} is in use by a live session from {holder.remote}, which "
+            f"new connections replaced {REPLACEMENTS_BEFORE_BACKOFF} times within "
+            f"{REPLACEMENT_WINDOW_SECS:g}s (two processes configured as client {client_id}?); "
+            f"refused until {REPLACEMENT_BACKOFF_SECS:g}s after the last attempt, or that "
+            "session ends"
+        )
 
     def session_ended(self, session: Session) -> None:
         client = self._client_of(session)

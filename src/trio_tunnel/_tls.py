@@ -217,6 +217,7 @@ class TlsServerStream(PeerStream):
         try:
             await self._ssl.do_handshake()
         except trio.BrokenResourceError as exc:
+            await self._send_alert()
             if not self.refused:
                 self.refused = True
                 log.warning(
@@ -232,6 +233,27 @@ class TlsServerStream(PeerStream):
             self.subject = ", ".join(
                 f"{key}={value}" for rdn in cert.get("subject", ()) for key, value in rdn
             )
+
+    async def handshake(self) -> str | None:
+        """Handshake now: None if it succeeded, else the failure in words, which the caller
+        reports (rate-limited); it is not logged here."""
+        self.refused = True  # reported by the caller, not by the lazy path below
+        try:
+            await self._handshake()
+        except trio.BrokenResourceError as exc:
+            return describe_tls_failure(exc)
+        self.refused = False
+        return None
+
+    async def _send_alert(self) -> None:
+        # trio drops what OpenSSL queued when a handshake fails, the alert telling the client
+        # why (unknown CA, bad or missing certificate): send it, so the client can say so at
+        # once instead of seeing a bare close. Best effort, bounded.
+        outgoing = getattr(self._ssl, "_outgoing", None)
+        alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+        if alert:
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                await self._ssl.transport_stream.send_all(alert)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await self._handshake()

@@ -10,6 +10,7 @@ down).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import sys
@@ -24,15 +25,18 @@ import trio_websocket
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-from . import _mask, _proxy
+from . import _admission, _mask, _proxy
+from ._admission import Admission, Limits, RefusalLog, Ticket
 from ._errors import RemoteProtocolError, WebSocketClosed
 from ._peer import PeerListener, PeerStream
-from ._tls import TlsListener
+from ._tls import TlsListener, TlsServerStream
 
 RECEIVE_BUFFER_SIZE = 256 * 1024
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+# An upgrade request head is a few hundred bytes; past this it is not one (h11, under the
+# WebSocket library, also refuses heads above 16 KiB).
+MAX_REQUEST_HEAD = 16 * 1024
 _CANCELLED_CLOSE_SECS = 0.1
-MAX_PENDING_UPGRADES = 512
 
 ConnectionClosed = WebSocketClosed  # the name the rest of the package catches
 FAST_MASKING = _mask.FAST_MASKING
@@ -130,24 +134,27 @@ async def connect(
     deadline = trio.current_time() + connect_timeout
     with trio.fail_at(deadline):
         stream = await _open_stream(host, port, ssl_context, open_transport, proxy)
+    # Watched, so a stream that fails during the upgrade ends it at once with its reason (the
+    # library's reader would swallow it and leave the upgrade waiting for the deadline): with
+    # TLS 1.3 the server checks our certificate after our handshake has returned, and its
+    # alert (unknown CA, bad or missing certificate) arrives on the first read.
+    watched = PeerStream(stream, host_header)
     try:
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_at(deadline):
-                    connection = await trio_websocket.wrap_client_stream(
+                    connection = await _client_upgrade(
                         nursery,
-                        stream,  # type: ignore[arg-type]  # annotated too narrowly: any Stream
+                        watched,
                         host_header,
                         resource,
-                        extra_headers=headers,
-                        message_queue_size=1,
-                        max_message_size=MAX_MESSAGE_SIZE,
-                        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                        headers,
+                        tls=ssl_context is not None,
                     )
             except BaseException:
                 # The library leaves the stream open when its upgrade fails or times out:
                 # close it here, or the server holds a dead connection until GC runs.
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(watched)
                 raise
             ws = WebSocket(connection, close_timeout=close_timeout)
             try:
@@ -160,8 +167,69 @@ async def connect(
         # or timed-out connection) arrives wrapped by our nursery: raise it plainly.
         failure = _sole_failure(group)
         if failure is not None:
-            raise failure from None
+            raise failure from failure.__cause__  # keeps a TLS error's SSLError cause
         raise
+
+
+async def _client_upgrade(
+    nursery: trio.Nursery,
+    stream: PeerStream,
+    host_header: str,
+    resource: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    tls: bool,
+) -> trio_websocket.WebSocketConnection:
+    """The HTTP upgrade, ended at once (with the stream's own error) if the stream fails."""
+    connection: trio_websocket.WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def upgrade() -> None:
+            nonlocal connection
+            connection = await trio_websocket.wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]  # any trio stream works; typed too narrowly
+                host_header,
+                resource,
+                extra_headers=headers,
+                message_queue_size=1,
+                max_message_size=MAX_MESSAGE_SIZE,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+            )
+            race.cancel_scope.cancel()
+
+        async def ended() -> None:
+            await stream.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(upgrade)
+        race.start_soon(ended)
+    if connection is not None:
+        return connection
+    failure = stream.failure
+    if failure is not None and _tls_error_in(failure):
+        raise failure  # a TLS alert from the server: its reason names the cause
+    if tls:
+        # A server pinning client certificates refuses after the TLS handshake has succeeded,
+        # so no alert names the cause (the close or reset arrives bare); say what it most
+        # likely is.
+        raise trio.BrokenResourceError(
+            "the server closed the connection after the TLS handshake without answering the "
+            "WebSocket upgrade: most likely it did not accept this client's certificate (not "
+            "among the server's trusted_peers), or it dropped unauthenticated connections"
+        ) from failure
+    raise trio.BrokenResourceError(
+        "the server closed the connection without answering the WebSocket upgrade"
+    ) from failure
+
+
+def _tls_error_in(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 async def _open_stream(
@@ -203,11 +271,25 @@ def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | N
 
 
 class Request:
-    """An incoming WebSocket upgrade, not yet accepted."""
+    """An incoming WebSocket upgrade, not yet accepted, from a connection not yet admitted.
 
-    def __init__(self, request: trio_websocket.WebSocketRequest, close_timeout: float) -> None:
+    The handler reports refusals through :meth:`refuse` (counted, logged rate-limited) and
+    calls :meth:`admitted` once the peer has authenticated (its HELLO accepted); until then
+    the connection is bounded by the admission deadlines and may be dropped to make room.
+    """
+
+    def __init__(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        close_timeout: float,
+        admission: Admission,
+        ticket: Ticket,
+    ) -> None:
         self._request = request
         self._close_timeout = close_timeout
+        self._admission = admission
+        self._ticket = ticket
+        self.hello_deadline = ticket.deadline
 
     @property
     def path(self) -> str:
@@ -225,13 +307,24 @@ class Request:
         return None
 
     async def accept(self) -> WebSocket:
+        """Accept the upgrade; the tunnel handshake must then end by ``hello_deadline``."""
         connection = await self._request.accept()
+        self.hello_deadline = self._ticket.phase_deadline(self._admission.limits.hello_secs)
         return WebSocket(connection, close_timeout=self._close_timeout)
 
     async def reject(self, status: int, body: str) -> None:
         with trio.move_on_after(self._close_timeout) as scope:
             scope.shield = True
             await self._request.reject(status, body=body.encode("utf-8"))
+
+    def refuse(self, reason: str, why: str, *, kind: str = "") -> None:
+        """Count a refusal of this peer by ``reason`` and log it (rate-limited per reason
+        and ``kind``)."""
+        self._admission.refusals.note(reason, self.remote, why, kind=kind)
+
+    def admitted(self) -> None:
+        """The peer has authenticated: no more deadlines, never dropped to make room."""
+        self._admission.admit(self._ticket)
 
 
 async def serve(
@@ -245,22 +338,25 @@ async def serve(
     handler_nursery: trio.Nursery | None = None,
     on_refused: Callable[[str], None] | None = None,
     listener: trio.abc.Listener[trio.abc.Stream] | None = None,
+    limits: Limits | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSocket upgrades on ``host:port``; reports the bound port via ``task_status``.
 
-    The TLS handshake (if any), the HTTP upgrade and everything before ``handler`` runs must
-    complete within ``handshake_timeout``, or the connection is closed. An injected
-    ``listener`` replaces binding ``host:port`` (tests serve in-memory streams; the port
-    reported is then 0); TLS, if any, still runs over what it accepts.
+    Until ``handler`` calls :meth:`Request.admitted`, a connection is pending and bounded by
+    ``limits`` (see :mod:`._admission`: per-phase deadlines, all within
+    ``handshake_timeout``; caps per source address and in total, making room by dropping the
+    oldest). ``on_refused(reason)`` counts every refusal. An injected ``listener`` replaces
+    binding ``host:port`` (tests serve in-memory streams; the port reported is then 0); TLS,
+    if any, still runs over what it accepts.
     """
-
-    upgrades = _UpgradeLimit(MAX_PENDING_UPGRADES)
+    refusals = RefusalLog(on_refused)
+    admission = Admission(limits or _admission.DEFAULT_LIMITS, refusals, handshake_timeout)
 
     async def on_connection(stream: PeerStream) -> None:
         # Each connection's failure stays with it: logged here, never raised to the server.
         try:
-            await _serve_connection(stream, handler, handshake_timeout, close_timeout, upgrades)
+            await _serve_connection(stream, handler, admission, close_timeout)
         except Exception as exc:
             log.warning("WebSocket connection from %s failed: %s", stream.remote, _short(exc))
 
@@ -277,6 +373,7 @@ async def serve(
         else [TlsListener(listener, ssl_context, on_refused) for listener in tcp_listeners]
     )
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(refusals.run)
         await nursery.start(
             partial(trio.serve_listeners, on_connection, listeners, handler_nursery=handler_nursery)
         )
@@ -285,90 +382,148 @@ async def serve(
     raise AssertionError("unreachable")
 
 
-class _UpgradeLimit:
-    """Counts connections still in their TLS/HTTP upgrade; past the limit new ones are shed
-    at once (each pending one also ends at the handshake timeout), so a flood of half-open
-    connections cannot exhaust descriptors or memory while the clients keep working."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
-        self.shed = 0
-
-    def try_enter(self) -> bool:
-        if self.pending >= self.limit:
-            self.shed += 1
-            if self.shed == 1 or self.shed % 1000 == 0:
-                log.warning(
-                    "%d connections are in their WebSocket upgrade (the limit): shedding new "
-                    "ones (%d so far)",
-                    self.pending,
-                    self.shed,
-                )
-            return False
-        self.pending += 1
-        return True
-
-    def leave(self) -> None:
-        self.pending -= 1
-
-
 async def _serve_connection(
     stream: PeerStream,
     handler: Callable[[Request], Awaitable[None]],
-    handshake_timeout: float,
+    admission: Admission,
     close_timeout: float,
-    upgrades: _UpgradeLimit,
 ) -> None:
-    if not upgrades.try_enter():
-        await trio.aclose_forcefully(stream)
-        return
-    async with trio.open_nursery() as nursery:
-        request: trio_websocket.WebSocketRequest | None = None
-        try:
-            with trio.move_on_after(handshake_timeout):
-                async with trio.open_nursery() as race:
-
-                    async def upgrade() -> None:
-                        nonlocal request
-                        request = await trio_websocket.wrap_server_stream(
-                            nursery,
-                            stream,
-                            message_queue_size=1,
-                            max_message_size=MAX_MESSAGE_SIZE,
-                            receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                        )
-                        race.cancel_scope.cancel()
-
-                    async def ended() -> None:
-                        # The library answered a bad request (400) and closed, or TLS failed.
-                        await stream.ended.wait()
-                        race.cancel_scope.cancel()
-
-                    race.start_soon(upgrade)
-                    race.start_soon(ended)
-        finally:
-            upgrades.leave()
-        if request is None:
-            if not stream.refused:
-                if stream.ended.is_set():
-                    log.warning("refused %s: not a valid WebSocket upgrade request", stream.remote)
-                else:
-                    log.warning(
-                        "refused %s: no WebSocket upgrade within %gs",
-                        stream.remote,
-                        handshake_timeout,
-                    )
-            nursery.cancel_scope.cancel()
+    # The scope's backstop deadline leaves time to send a refusal and close after the last
+    # phase's own deadline; dropping the connection to make room cancels it.
+    ticket = admission.enter(stream.remote, grace=close_timeout + 1)
+    request: trio_websocket.WebSocketRequest | None = None
+    try:
+        with ticket.scope:
+            head = await _first_data(stream, admission, ticket)
+            if head is not None:
+                async with trio.open_nursery() as nursery:  # the library's reader task
+                    try:
+                        request = await _request_head(stream, nursery, admission, ticket, head)
+                        if request is not None:
+                            await handler(Request(request, close_timeout, admission, ticket))
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        if request is not None:
+                            with trio.move_on_after(close_timeout) as close_scope:
+                                close_scope.shield = True
+                                await stream.aclose()
+        if ticket.scope.cancelled_caught and ticket.dropped is None:
+            # The handler outlived every deadline (it bounds its own phases).
+            admission.refusals.note(
+                "handshake",
+                stream.remote,
+                f"not through the handshake within {admission.handshake_timeout:g}s",
+            )
+    finally:
+        admission.leave(ticket)
+        if request is None:  # nothing to say goodbye to
             await trio.aclose_forcefully(stream)
-            return
-        try:
-            await handler(Request(request, close_timeout))
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.move_on_after(close_timeout) as close_scope:
-                close_scope.shield = True
-                await stream.aclose()
+
+
+async def _first_data(
+    stream: PeerStream, admission: Admission, ticket: Ticket
+) -> tuple[float, float] | None:
+    """TLS (if any), then the request head, each within its deadline.
+
+    Nothing else is set up for a connection until its request head has arrived (or passed
+    the size any valid one has), so a flood of silent or slowloris connections costs little
+    more than their sockets and a small buffer each. Returns when the request-head phase
+    started and its deadline, or None if refused (reported here).
+    """
+    limits = admission.limits
+    refusals = admission.refusals
+    if isinstance(stream, TlsServerStream):
+        failure: str | None = None
+        started = trio.current_time()
+        with trio.move_on_at(ticket.phase_deadline(limits.tls_handshake_secs)) as tls_scope:
+            failure = await stream.handshake()
+        if tls_scope.cancelled_caught:
+            refusals.note(
+                "tls_timeout",
+                stream.remote,
+                f"no TLS handshake within {_secs(tls_scope.deadline - started)}s",
+            )
+            return None
+        if failure is not None:
+            refusals.note("tls", stream.remote, f"TLS handshake failed: {failure}")
+            return None
+        if stream.subject:  # a client certificate the server verified
+            admission.prove(ticket)
+    started = trio.current_time()
+    deadline = ticket.phase_deadline(limits.request_head_secs)
+    data = b""
+    with trio.move_on_at(deadline) as first_scope:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            data = await stream.read_head(MAX_REQUEST_HEAD)
+    if first_scope.cancelled_caught:
+        _request_timeout(stream, admission, started, deadline)
+        return None
+    if not data:
+        refusals.note(
+            "bad_request", stream.remote, "closed the connection before completing its request"
+        )
+        return None
+    return started, deadline
+
+
+def _request_timeout(
+    stream: PeerStream, admission: Admission, started: float, deadline: float
+) -> None:
+    admission.refusals.note(
+        "request_timeout",
+        stream.remote,
+        f"no complete WebSocket upgrade request within {_secs(deadline - started)}s",
+    )
+
+
+async def _request_head(
+    stream: PeerStream,
+    nursery: trio.Nursery,
+    admission: Admission,
+    ticket: Ticket,
+    head: tuple[float, float],
+) -> trio_websocket.WebSocketRequest | None:
+    """The rest of the HTTP request head, by the phase's deadline; None if refused."""
+    started, deadline = head
+    refusals = admission.refusals
+    request: trio_websocket.WebSocketRequest | None = None
+    with trio.move_on_at(deadline) as head_scope:
+        async with trio.open_nursery() as race:
+
+            async def upgrade() -> None:
+                nonlocal request
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    stream,
+                    message_queue_size=1,
+                    max_message_size=MAX_MESSAGE_SIZE,
+                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                )
+                race.cancel_scope.cancel()
+
+            async def ended() -> None:
+                # The library answered a bad request (400) and closed, or the peer left.
+                await stream.ended.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(upgrade)
+            race.start_soon(ended)
+    if request is not None:
+        admission.prove(ticket)
+        return request
+    if head_scope.cancelled_caught:
+        _request_timeout(stream, admission, started, deadline)
+    elif stream.peer_eof:
+        refusals.note(
+            "bad_request", stream.remote, "closed the connection before completing its request"
+        )
+    else:
+        refusals.note("bad_request", stream.remote, "not a valid WebSocket upgrade request")
+    return None
+
+
+def _secs(value: float) -> str:
+    return f"{round(value, 2):g}"
 
 
 def _short(exc: BaseException) -> str:
