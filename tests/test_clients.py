@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 import tomllib
 
 from trio_tunnel._config import load_config, load_environment, parse_config
