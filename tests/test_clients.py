@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-import tomllib
 
 from trio_tunnel._config import load_config, load_environment, parse_config
 from trio_tunnel._errors import ConfigError, ConfigLoadError
