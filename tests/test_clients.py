@@ -11,7 +11,7 @@ import pytest
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 from trio_tunnel._config import load_config, load_environment, parse_config
 from trio_tunnel._errors import ConfigError, ConfigLoadError
