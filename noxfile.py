@@ -1,4 +1,5 @@
-"""Developer sessions. ``nox`` runs lint, typecheck and tests; ``nox -s bench`` prints figures."""
+"""Developer sessions. ``nox`` runs lint, typecheck and tests (on every supported Python that
+is installed, with coverage); ``nox -s bench`` prints figures."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
-nox.options.error_on_missing_interpreters = False
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHONS = ["3.11", "3.12", "3.13"]
+# Every version requires-python admits; `tests` runs on each one installed here.
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+# The package, the tests, the shared process rig, the bench and stress drivers.
+CODE = ["src", "tests", "tunnelrig", "bench", "stress", "examples", "noxfile.py"]
 
 
 def _expose_pyenv_pythons() -> None:
@@ -41,8 +45,29 @@ def _expose_pyenv_pythons() -> None:
         os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(chosen))
 
 
+def _runs(python: str) -> bool:
+    """Whether interpreter ``python`` (e.g. "3.12") is installed and starts (nox's own
+    interpreter always counts: nox uses it for its own version)."""
+    if python == f"{sys.version_info.major}.{sys.version_info.minor}":
+        return True
+    argv = ["py", f"-{python}"] if sys.platform == "win32" else [f"python{python}"]
+    if shutil.which(argv[0]) is None:
+        return False
+    try:
+        done = subprocess.run([*argv, "-c", "pass"], capture_output=True, check=False, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 _expose_pyenv_pythons()
 PYPROJECT = nox.project.load_toml("pyproject.toml")
+# `tests` is parametrized with the installed versions only, so a missing one is not a
+# silently skipped session. With none installed it keeps all of them and a missing
+# interpreter is an error: `nox` must never pass having run no test session.
+INSTALLED = [python for python in PYTHONS if _runs(python)]
+if not INSTALLED:
+    nox.options.error_on_missing_interpreters = True
 
 
 def _group(name: str) -> list[str]:
@@ -53,22 +78,31 @@ def _group(name: str) -> list[str]:
 def lint(session: nox.Session) -> None:
     """ruff: style, imports, bugbear and the flake8-async rules."""
     session.install(*_group("lint"))
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py")
+    session.run("ruff", "check", *CODE)
+    session.run("ruff", "format", "--check", *CODE)
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package, the tests and the examples."""
+    """mypy --strict over the package, tests, rig, bench, stress and examples."""
     session.install(".", *_group("typecheck"))
     session.run("mypy")
 
 
-@nox.session(python=PYTHONS)
+@nox.session(python=INSTALLED or PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite against the installed package, on every installed Python."""
-    session.install(".", *_group("test"))
-    session.run("pytest", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    """The test suite against the installed package, on every installed Python, with
+    coverage of the package (its subprocesses included) held to ``fail_under``."""
+    session.install(".", *_group("test"), *_group("coverage"))
+    data = f".coverage.{session.name}"
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "COVERAGE_FILE": data}
+    session.run("coverage", "erase", env=env)
+    session.run("coverage", "run", "-m", "pytest", *session.posargs, env=env)
+    session.run("coverage", "combine", "--quiet", env=env)
+    if session.posargs:  # a subset of the tests: the floor is for the whole suite
+        session.run("coverage", "report", "--fail-under=0", env=env)
+    else:
+        session.run("coverage", "report", env=env)
 
 
 @nox.session
@@ -81,6 +115,7 @@ def fuzz(session: nox.Session) -> None:
         "tests/test_protocol.py",
         "tests/test_config.py",
         "tests/test_session_fuzz.py",
+        "tests/test_core.py",
         *session.posargs,
         env={"TRIO_TUNNEL_FUZZ_EXAMPLES": examples},
     )

@@ -7,12 +7,9 @@ Everything listens on 127.0.0.1 only, and every process started here is ended by
 from __future__ import annotations
 
 import json
-import os
 import queue
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,8 +20,22 @@ from typing import IO, Any
 
 import netio
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared rig: tunnelrig/
+
+from tunnelrig import (
+    RigError,
+    TunnelProcess,
+    cpu_seconds,
+    free_port,
+    host_busy,
+    proc_status,
+    toml_config,
+)
+from tunnelrig import wait_port as _wait_port
+
+__all__ = ["cpu_seconds", "free_port", "host_busy"]
+
 NETIO = str(Path(netio.__file__).resolve())
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class PhaseError(Exception):
@@ -34,33 +45,10 @@ class PhaseError(Exception):
 # --- /proc -----------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds that process ``pid`` has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of ``pid`` in bytes; nothing for a dead process."""
-    found: dict[str, int] = {}
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return found
-    for line in status.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) * 1024
-    return found
-
-
-def host_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user
-    return (total - idle) / _CLOCK_TICKS, total / _CLOCK_TICKS
+    found = {key: proc_status(pid, key) for key in ("VmRSS", "VmHWM")}
+    return {key: value for key, value in found.items() if value}
 
 
 class RssSampler:
@@ -110,33 +98,11 @@ class RssSampler:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port for a listener configured later, below Linux's ephemeral range (32768-60999),
-    where the kernel could meanwhile hand it to an outgoing connection."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind((netio.LOCALHOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((netio.LOCALHOST, port), timeout=1).close()
-            return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                message = f"process exited {proc.returncode} before port {port} opened"
-                raise PhaseError(message) from None
-            if time.monotonic() > deadline:
-                raise PhaseError(f"port {port} not open after {timeout} s") from None
-            time.sleep(0.02)
+    try:
+        _wait_port(port, timeout, proc)
+    except RigError as exc:
+        raise PhaseError(str(exc)) from None
 
 
 def echo_probe(port: int, timeout: float, procs: Iterable[subprocess.Popen[bytes]] = ()) -> None:
@@ -278,44 +244,67 @@ class _Pair:
         self._logs.clear()
 
 
-def tunnel_config(
-    role: str, ws_port: int, listen: tuple[str, int], connect: tuple[str, int], extra: str
-) -> str:
-    identity = 'role = "client"\nclient_id = 1' if role == "client" else 'role = "server"'
-    return (
-        f'{identity}\n\n[websocket]\nurl = "ws://127.0.0.1:{ws_port}/"\n\n{extra}\n'
-        f'[[listen]]\ntunnel = "{listen[0]}"\nport = {listen[1]}\n\n'
-        f'[[connect]]\ntunnel = "{connect[0]}"\nhost = "127.0.0.1"\nport = {connect[1]}\n\n'
-        '[logging]\nlevel = "WARNING"\n'
-    )
-
-
-class TunnelPair(_Pair):
+class TunnelPair:
     """``python -m trio_tunnel run`` as server and client 1, both tunnels ending at ``target``.
 
     ``up_port`` (the client's listen port) carries client->server; ``down_port`` (the
-    server's listen port) carries server->client.
+    server's listen port) carries server->client. ``extra`` is whole config tables.
     """
 
     def __init__(self, workdir: Path, target: int, extra: str = "") -> None:
-        super().__init__(workdir, "tunnel")
         self.ws_port, self.down_port, self.up_port = free_port(), free_port(), free_port()
-        configs = {
-            "server": tunnel_config(
-                "server", self.ws_port, ("down", self.down_port), ("up", target), extra
+        self.procs: dict[str, TunnelProcess] = {}
+        try:
+            self._start(workdir, target, extra)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, workdir: Path, target: int, extra: str) -> None:
+        server = self.procs["server"] = TunnelProcess(
+            "tunnel-server",
+            toml_config(
+                "server",
+                self.ws_port,
+                listen={"down": self.down_port},
+                connect={"up": target},
+                sections=extra,
+                level="WARNING",
             ),
-            "client": tunnel_config(
-                "client", self.ws_port, ("up", self.up_port), ("down", target), extra
+            workdir,
+        )
+        wait_port(self.ws_port, 20, server.proc)
+        self.procs["client"] = TunnelProcess(
+            "tunnel-client",
+            toml_config(
+                "client",
+                self.ws_port,
+                client_id=1,
+                listen={"up": self.up_port},
+                connect={"down": target},
+                sections=extra,
+                level="WARNING",
             ),
-        }
-        for name, text in configs.items():
-            path = workdir / f"{name}.toml"
-            path.write_text(text)
-            proc = self._spawn(name, [sys.executable, "-m", "trio_tunnel", "run", str(path)])
-            if name == "server":
-                wait_port(self.ws_port, 20, proc)
-        echo_probe(self.up_port, 20, self.procs.values())
-        echo_probe(self.down_port, 20, self.procs.values())
+            workdir,
+        )
+        popens = [p.proc for p in self.procs.values() if p.proc is not None]
+        echo_probe(self.up_port, 20, popens)
+        echo_probe(self.down_port, 20, popens)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.procs.items() if not proc.alive]
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        return self.procs[name].log()[-chars:]
+
+    def close(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+            proc.close()
 
 
 class WebsocatPair(_Pair):

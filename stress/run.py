@@ -233,7 +233,7 @@ async def scenario_chaos(args: argparse.Namespace, workdir: Path) -> bool:
                     if time.monotonic() >= stop_at:
                         return
                     victim = rng.choice(dep.procs)
-                    victim.kill(signum)
+                    victim.signal(signum)
                     await victim.wait_exit()
                     kills[victim.name] += 1
                     await trio.sleep(rng.uniform(0, 2))
@@ -415,7 +415,7 @@ async def _fail_over(dep: Deployment, action: str) -> str:
         await trio.aclose_forcefully(tcp)
         return f"data at client {standby}: active {active} -> {dep.active_client()}"
     proc: Proc = dep.clients[active]
-    proc.kill(signal.SIGKILL if action == "kill" else signal.SIGTERM)
+    proc.signal(signal.SIGKILL if action == "kill" else signal.SIGTERM)
     await proc.wait_exit()
     await trio.sleep(2)
     proc.start()

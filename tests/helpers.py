@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +18,8 @@ import attrs
 import trio
 
 import trio_tunnel as tt
-
-LOCALHOST = "127.0.0.1"
+from tunnelrig import LOCALHOST as LOCALHOST
+from tunnelrig import free_port as free_port
 
 
 async def echo_handler(tcp: trio.SocketStream) -> None:
@@ -41,21 +40,6 @@ async def start_service(
 ) -> int:
     listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=LOCALHOST))
     return int(listeners[0].socket.getsockname()[1])
-
-
-def free_port() -> int:
-    """A port to configure a listener on later, chosen below Linux's ephemeral range
-    (32768-60999): a kernel-assigned port there could be handed to an outgoing connection
-    in the meantime, and the later bind would fail."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind((LOCALHOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def closed_port() -> int:

@@ -39,7 +39,7 @@ from .helpers import (
     server_config,
     start_service,
 )
-from .procs import TunnelProcess, toml_config
+from .procs import TunnelProcess, toml_config, wait_active
 from .test_hostile import raw_session
 
 KiB = 1024
@@ -636,6 +636,10 @@ async def _kill_mid_transfer(
                 tmp_path,
             )
             await client.wait_log("client 1: listening")
+            # The client listens as soon as its own side of the session is up, which can be
+            # before the server has registered it: a connection in between is refused (and
+            # on a loaded machine was, as a reset before the kill). Wait for the server too.
+            await wait_active(server, 1)
             # The application connects to the victim when it faces it, else to the survivor.
             victim_listens = (victim == "server") == (facing == "app")
             port = down_port if victim_listens else up_port

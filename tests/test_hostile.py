@@ -617,7 +617,12 @@ async def test_text_messages_close_that_session_with_1003(logs: pytest.LogCaptur
             async with raw_session(hostile.ws_port) as ws:
                 await ws.send_message(b'{"type": "activate"}', opcode=0x1)
                 assert await ws.close_code() == 1003
-            await wait_logged(logs, "text message on a binary tunnel", 1, level=logging.WARNING)
+            await wait_logged(
+                logs,
+                "protocol error from peer: text message on a binary tunnel",
+                1,
+                level=logging.WARNING,
+            )
 
 
 async def test_open_flood_beyond_max_streams_is_refused_per_stream(

@@ -9,6 +9,7 @@ import logging.handlers
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ from trio_tunnel._config import (
     parse_config,
 )
 from trio_tunnel._errors import ConfigError
+from trio_tunnel._logging._outputs import FileSink
 
 from .helpers import LOCALHOST
 
 SERVER: dict[str, Any] = {"role": "server", "websocket": {"url": "ws://127.0.0.1:8080/"}}
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+) ([\w.]+): (.*)$")
+# A text line: time, process, level, logger: message.
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ([\w-]+) (\w+) ([\w.]+): (.*)$")
 
 
 def with_logging(**keys: object) -> dict[str, Any]:
@@ -48,6 +51,8 @@ def root_logger() -> Iterator[logging.Logger]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield root
+    _logging.shutdown()
+    logging.captureWarnings(False)
     for handler in list(root.handlers):
         root.removeHandler(handler)
         if handler not in handlers:
@@ -57,8 +62,8 @@ def root_logger() -> Iterator[logging.Logger]:
     root.setLevel(level)
 
 
-def only(handlers: list[logging.Handler], kind: type[logging.Handler]) -> Any:
-    [handler] = [h for h in handlers if isinstance(h, kind)]
+def rotating_file(pipeline: _logging.Pipeline) -> _logging.RotatingFile:
+    [handler] = [o.sink.handler for o in pipeline.outputs.values() if isinstance(o.sink, FileSink)]
     return handler
 
 
@@ -71,6 +76,7 @@ def test_defaults() -> None:
     assert (settings.level, settings.stdout, settings.file) == ("INFO", True, None)
     assert (settings.days_to_keep, settings.syslog_host) == (14, None)
     assert (settings.syslog_port, settings.syslog_facility) == (514, "user")
+    assert (settings.levels, settings.format) == ({}, "text")
 
 
 def test_all_keys(tmp_path: Path) -> None:
@@ -84,6 +90,8 @@ def test_all_keys(tmp_path: Path) -> None:
             syslog_host="127.0.0.1",
             syslog_port=5514,
             syslog_facility="LOCAL3",
+            levels={"trio_tunnel.stream": "warning", "trio-websocket": "Debug"},
+            format="JSON",
         )
     ).logging
     assert settings == LoggingSettings(
@@ -94,7 +102,10 @@ def test_all_keys(tmp_path: Path) -> None:
         syslog_host="127.0.0.1",
         syslog_port=5514,
         syslog_facility="local3",
+        levels={"trio_tunnel.stream": "WARNING", "trio-websocket": "DEBUG"},
+        format="json",
     )
+    assert hash(settings) == hash(attrs.evolve(settings))  # still hashable with a table inside
 
 
 def test_syslog_host_name_resolves() -> None:
@@ -196,55 +207,80 @@ def test_stdout(root_logger: logging.Logger, capsys: pytest.CaptureFixture[str])
     _cli.setup_logging("WARNING")
     logging.getLogger("trio_tunnel.test").warning("to stdout %d", 1)
     logging.getLogger("trio_tunnel.test").info("below the level")
+    _logging.flush()
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1
     match = LINE.match(out[0])
     assert match is not None
-    assert match.groups() == ("WARNING", "trio_tunnel.test", "to stdout 1")
+    assert match.groups() == ("trio-tunnel", "WARNING", "trio_tunnel.test", "to stdout 1")
 
 
 def test_nothing_when_every_output_is_off(
-    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+    root_logger: logging.Logger, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    handlers = _logging.setup(LoggingSettings(stdout=False))
-    assert [type(h) for h in handlers] == [logging.NullHandler]
+    pipeline = _logging.setup(LoggingSettings(stdout=False))
+    assert pipeline.outputs == {}
+    assert root_logger.handlers == [pipeline]  # not the last-resort stderr handler
     logging.getLogger("trio_tunnel.test").error("nowhere")
-    assert capsys.readouterr() == ("", "")
+    _logging.flush()
+    assert capfd.readouterr() == ("", "")
 
 
 def test_file_receives_records(root_logger: logging.Logger, tmp_path: Path) -> None:
     path = tmp_path / "tunnel.log"
     _cli.setup_logging(LoggingSettings(level="DEBUG", stdout=False, file=str(path)))
     logging.getLogger("trio_tunnel.test").debug("into the file")
+    _logging.flush()
     lines = path.read_text().splitlines()
     assert len(lines) == 1
     match = LINE.match(lines[0])
     assert match is not None
-    assert match.groups() == ("DEBUG", "trio_tunnel.test", "into the file")
+    assert match.groups() == ("trio-tunnel", "DEBUG", "trio_tunnel.test", "into the file")
 
 
-def test_setup_replaces_the_previous_handlers(root_logger: logging.Logger, tmp_path: Path) -> None:
+def test_setup_replaces_the_previous_outputs(root_logger: logging.Logger, tmp_path: Path) -> None:
     first = _logging.setup(LoggingSettings(stdout=False, file=str(tmp_path / "a.log")))
+    old_file = rotating_file(first)
     second = _logging.setup(LoggingSettings(stdout=False, file=str(tmp_path / "b.log")))
-    assert root_logger.handlers == second
-    assert only(first, logging.FileHandler).stream is None  # closed
+    assert root_logger.handlers == [second]
+    assert [o.sink.name for o in second.outputs.values()] == [f"the log file {tmp_path / 'b.log'}"]
     logging.getLogger("trio_tunnel.test").warning("only in b")
+    _logging.flush()
     assert (tmp_path / "a.log").read_text() == ""
     assert "only in b" in (tmp_path / "b.log").read_text()
+    deadline = time.monotonic() + 10
+    while old_file.stream is not None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the old output's thread closes it once it has written its queue
+    assert old_file.stream is None
+
+
+def test_unchanged_outputs_keep_running_across_setups(
+    root_logger: logging.Logger, tmp_path: Path
+) -> None:
+    settings = LoggingSettings(stdout=False, file=str(tmp_path / "a.log"))
+    first = _logging.setup(settings)
+    outputs = dict(first.outputs)
+    second = _logging.setup(attrs.evolve(settings, level="DEBUG"))
+    assert second is first
+    assert second.outputs == outputs
+    logging.getLogger("trio_tunnel.test").debug("still the same file")
+    _logging.flush()
+    assert "still the same file" in (tmp_path / "a.log").read_text()
 
 
 def test_rotation_gzips_the_old_file(root_logger: logging.Logger, tmp_path: Path) -> None:
     path = tmp_path / "tunnel.log"
-    handlers = _logging.setup(LoggingSettings(stdout=False, file=str(path)))
-    handler = only(handlers, logging.handlers.TimedRotatingFileHandler)
+    handler = rotating_file(_logging.setup(LoggingSettings(stdout=False, file=str(path))))
     assert (handler.when, handler.backupCount) == ("MIDNIGHT", 14)
     log = logging.getLogger("trio_tunnel.test")
     log.warning("yesterday")
+    _logging.flush()
     handler.doRollover()
     rotator = handler.rotator
     assert isinstance(rotator, _logging.GzipRotator)
     assert rotator.join(10)
     log.warning("today")
+    _logging.flush()
     archives = sorted(p.name for p in tmp_path.iterdir() if p.name != "tunnel.log")
     assert len(archives) == 1, archives
     assert re.fullmatch(r"tunnel\.log\.\d{4}-\d\d-\d\d\.gz", archives[0])
@@ -261,11 +297,15 @@ def test_rotation_keeps_days_to_keep_archives(root_logger: logging.Logger, tmp_p
     for name in old:
         (tmp_path / name).write_bytes(gzip.compress(b"old\n"))
     (tmp_path / "unrelated.txt").write_text("keep me")
-    handlers = _logging.setup(LoggingSettings(stdout=False, file=str(path), days_to_keep=3))
-    handler = only(handlers, logging.handlers.TimedRotatingFileHandler)
+    handler = rotating_file(
+        _logging.setup(LoggingSettings(stdout=False, file=str(path), days_to_keep=3))
+    )
     logging.getLogger("trio_tunnel.test").warning("last line of the day")
+    _logging.flush()
     handler.doRollover()
-    assert handler.rotator.join(10)
+    rotator = handler.rotator
+    assert isinstance(rotator, _logging.GzipRotator)
+    assert rotator.join(10)
     left = sorted(p.name for p in tmp_path.iterdir())
     archives = [name for name in left if name.endswith(".gz")]
     # The newest three: the one just rotated and the two most recent old ones.
@@ -280,10 +320,11 @@ def test_syslog_over_udp(root_logger: logging.Logger) -> None:
         receiver.bind((LOCALHOST, 0))
         receiver.settimeout(10)
         port = receiver.getsockname()[1]
-        _cli.setup_logging(
+        _logging.setup(
             LoggingSettings(
                 stdout=False, syslog_host=LOCALHOST, syslog_port=port, syslog_facility="local3"
-            )
+            ),
+            process="client2",
         )
         logging.getLogger("trio_tunnel.test").warning("to syslog")
         logging.getLogger("trio_tunnel.test").error("an error")
@@ -293,13 +334,12 @@ def test_syslog_over_udp(root_logger: logging.Logger) -> None:
         logging.handlers.SysLogHandler.LOG_WARNING,
         logging.handlers.SysLogHandler.LOG_ERR,
     )
-    for datagram, severity, level, text in (
-        (first, warning, "WARNING", "to syslog"),
-        (second, error, "ERROR", "an error"),
+    for datagram, severity, text in (
+        (first, warning, b"WARNING trio_tunnel.test: to syslog"),
+        (second, error, b"ERROR trio_tunnel.test: an error"),
     ):
-        match = re.fullmatch(rb"<(\d+)>trio-tunnel: (.*)\x00", datagram)
+        # The tag names the process; the receiver stamps the time.
+        match = re.fullmatch(rb"<(\d+)>trio-tunnel\[client2\]: (.*)\x00", datagram)
         assert match is not None, datagram
         assert int(match[1]) == local3 * 8 + severity
-        line = LINE.match(match[2].decode())
-        assert line is not None, datagram
-        assert line.groups() == (level, "trio_tunnel.test", text)
+        assert match[2] == text

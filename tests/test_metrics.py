@@ -436,6 +436,7 @@ async def test_metrics_of_a_server_and_its_client(nursery: trio.Nursery) -> None
                 "first_client": 1,
                 "data": 0,
                 "client_lost": 0,
+                "drain": 0,
                 "other": 0,
             }
             assert set(by_label(server, "trio_tunnel_refused_peers_total", "reason").values()) == {
@@ -937,3 +938,19 @@ async def test_status_of_something_else(nursery: trio.Nursery) -> None:
         code, out, err = await run_status(f"127.0.0.1:{port}")
     assert (code, out) == (2, "")
     assert "not a trio-tunnel metrics endpoint (HTTP 404 from /metrics)" in err
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_a_draining_process_is_not_ready(role: str) -> None:
+    """During a drain the process still carries its open streams, but load balancers and
+    readiness probes must stop sending it new ones: /readyz says 503 "draining"."""
+    from trio_tunnel._metrics_http import liveness, readiness
+
+    metrics = Metrics(role=role)
+    up = {"connected_clients": 2, "active_client": 1, "connected": 1, "active": 1, "client_id": 1}
+    metrics.live = lambda: {**up, "draining": 0}
+    assert readiness(metrics)[0] == 200
+    metrics.live = lambda: {**up, "draining": 1}
+    status, document = readiness(metrics)
+    assert (status, document["status"], document["ready"]) == (503, "draining", False)
+    assert liveness(metrics)[0] == 200

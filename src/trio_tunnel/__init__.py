@@ -20,12 +20,14 @@ from ._config import FailoverSettings as FailoverSettings
 from ._config import Listen as Listen
 from ._config import LoggingSettings as LoggingSettings
 from ._config import MetricsSettings as MetricsSettings
+from ._config import ShutdownSettings as ShutdownSettings
 from ._config import StreamSettings as StreamSettings
 from ._config import WebSocketSettings as WebSocketSettings
 from ._config import describe_config as describe_config
 from ._config import load_config as load_config
 from ._config import load_environment as load_environment
 from ._config import parse_config as parse_config
+from ._drain import DrainResult as DrainResult
 from ._errors import ConfigError as ConfigError
 from ._errors import ConfigLoadError as ConfigLoadError
 from ._errors import HandshakeError as HandshakeError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -92,7 +93,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return loaded
     config, _environment = loaded
     print(f"{args.config[0]}: OK")
-    print(describe_config(config))
+    print(describe_config(config, os.environ))
     return EXIT_OK
 
 
@@ -125,7 +126,7 @@ def _check_together(arguments: Sequence[str]) -> int:
         return status
     for argument, member in zip(arguments, members, strict=True):
         print(f"{argument}: OK")
-        print("  " + describe_config(member.config).replace("\n", "\n  "))
+        print("  " + describe_config(member.config, os.environ).replace("\n", "\n  "))
     print(f"together: OK ({len(members)} files agree)")
     return EXIT_OK
 
@@ -135,6 +136,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     config, environment = loaded
+    from . import _logging
+
+    _logging.set_process(_logging.process_label(config.role, config.client_id))
     setup_logging(config.logging.level)
     try:
         trio.run(_run, config, environment, _config_path(args.config))
@@ -244,21 +248,43 @@ async def _run(config: Config, environment: Environment, path: Path) -> None:
                     f"metrics.listen: cannot listen on {shown}:{port}: {exc.strerror or exc}",
                 ) from exc
         await nursery.start(running.serve)
+        draining = False
         with trio.open_signal_receiver(*_run_signals()) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == getattr(signal, "SIGHUP", None):
                     await _reload(running, path)
                     continue
-                log.info(
-                    "%s received: closing all streams and exiting", signal.Signals(signum).name
-                )
+                drain_secs = running.config.shutdown.drain_secs
+                if drain_secs > 0 and not draining:
+                    draining = True
+                    log.warning(
+                        "%s received: draining for up to %gs, then exiting", name, drain_secs
+                    )
+                    nursery.start_soon(_drain_then_stop, running, drain_secs, nursery.cancel_scope)
+                    continue
+                if draining:
+                    log.warning("%s received again: drain cut short, resetting all streams", name)
+                else:
+                    log.info("%s received: closing all streams and exiting", name)
                 break
         nursery.cancel_scope.cancel()
 
 
+async def _drain_then_stop(running: Server | Client, secs: float, scope: trio.CancelScope) -> None:
+    """``[shutdown] drain_secs``: stop taking streams, let open ones finish (bounded), then
+    end the process's nursery (which closes the WebSockets)."""
+    await running.drain(secs)
+    scope.cancel()
+
+
 def _run_signals() -> list[int]:
     """Stop on SIGINT and SIGTERM (and Ctrl+Break on Windows); reload on SIGHUP where it
-    exists (Windows has none: there, restart the service to apply a changed config)."""
+    exists (Windows has none: there, restart the service to apply a changed config).
+
+    With ``[shutdown] drain_secs > 0`` a stop signal drains first, as hypercorn and uvicorn
+    do for both SIGTERM and SIGINT (a service manager may send either); a second stop
+    signal of any kind stops at once, so Ctrl+C twice never waits."""
     names = ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP")
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 

@@ -7,9 +7,10 @@ so applications at this site fail over elsewhere while this side cannot carry th
 from __future__ import annotations
 
 import logging
+import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, NoReturn
@@ -17,8 +18,9 @@ from typing import Any, NoReturn
 import trio
 import trio_websocket
 
-from . import _ws
+from . import _proxy, _ws
 from ._config import Config, Environment, Listen, load_environment
+from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import client_handshake
 from ._listen import ListenerSet
@@ -37,19 +39,31 @@ _BIND_RETRY_SECS = 1.0
 class Client:
     """A running client. Get one from :func:`open_client` or ``nursery.start(serve_client)``."""
 
-    def __init__(self, config: Config, environment: Environment | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        environment: Environment | None = None,
+        *,
+        open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
         """``environment`` is what ``load_environment(config)`` returned; without it the
-        client runs that load step (in a thread) when it starts serving."""
+        client runs that load step (in a thread) when it starts serving. ``open_transport``
+        replaces the TCP connect to the server (tests inject in-memory streams); TLS, the
+        upgrade and everything above run over it unchanged."""
         if config.role != "client" or config.client_id is None:
             raise ValueError("Client needs a config with role = 'client' and a client_id")
         self.config = config
         self.client_id: int = config.client_id
+        self._open_transport = open_transport
         self._connects = {c.tunnel: (c.host, c.port) for c in config.connect}
         self._session: Session | None = None
         self.active = False
         self.epoch = 0
         self._closed_until = 0.0
         self._activation_sent_epoch = -1
+        self.draining = False
+        self._told_draining: Session | None = None  # the session the server heard it from
+        self._drain_acked = False  # the server answered it (with a state message)
         self._changed = trio.Event()
         self._listeners = ListenerSet(self._on_tcp)
         self.listening = False
@@ -59,6 +73,7 @@ class Client:
             "connected": int(self.connected),
             "active": int(self.connected and self.active),
             "client_id": self.client_id,
+            "draining": int(self.draining),
         }
         self.metrics.open_stream_bytes = self._open_stream_bytes
         self._environment = environment
@@ -120,13 +135,17 @@ class Client:
         ws_settings = self.config.websocket
         delay = ws_settings.reconnect_min_secs
         last_failure: str | None = None
-        url = (
+        base_url = (
             f"{ws_settings.scheme}://{_host_for_url(ws_settings.host)}:{ws_settings.port}"
             f"{ws_settings.path}"
         )
         while True:
+            url = base_url
             try:
-                reason = await self._run_connection(url)
+                proxy = self._choose_proxy()  # ProxyError for an unusable HTTPS_PROXY
+                if proxy is not None:
+                    url = f"{base_url} via proxy {proxy}"  # never shows the password
+                reason = await self._run_connection(url, proxy)
                 log.warning("client %d: disconnected from %s: %s", self.client_id, url, reason)
                 last_failure = None
                 delay = ws_settings.reconnect_min_secs
@@ -153,7 +172,11 @@ class Client:
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, ws_settings.reconnect_max_secs)
 
-    async def _run_connection(self, url: str) -> str:
+    def _choose_proxy(self) -> _proxy.ProxyURL | None:
+        ws = self.config.websocket
+        return _proxy.choose_proxy(ws.proxy, ws.scheme, ws.host, ws.port, os.environ).proxy
+
+    async def _run_connection(self, url: str, proxy: _proxy.ProxyURL | None = None) -> str:
         ws_settings = self.config.websocket
         streams = self.config.streams
         async with _ws.connect(
@@ -164,6 +187,8 @@ class Client:
             headers=self._headers,
             connect_timeout=ws_settings.handshake_timeout_secs,
             close_timeout=ws_settings.close_timeout_secs,
+            open_transport=self._open_transport,
+            proxy=proxy,
         ) as ws:
             peer_window, _welcome = await client_handshake(
                 ws,
@@ -196,12 +221,16 @@ class Client:
                 self.connections += 1
                 if self.connections > 1:
                     self.metrics.reconnected()
-                log.info("client %d: connected to %s", self.client_id, url)
+                log.warning("client %d: connected to %s", self.client_id, url)
                 self._notify()
             return session.closing_reason or "closed"
 
     # -- SessionOwner --------------------------------------------------------------------
     def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
+        if self.draining and self._drain_acked:
+            # The server answered our "draining": it opens nothing here after that. Opens
+            # that were on their way before it heard are carried and drained like the rest.
+            return ResetCode.SHUTDOWN, f"client {self.client_id} is shutting down"
         target = self._connects.get(tunnel)
         if target is None:
             return (
@@ -220,13 +249,20 @@ class Client:
         if message.get("type") != "state":
             raise RemoteProtocolError(f"unknown CONTROL message type {message.get('type')!r}")
         epoch, active = message.get("epoch"), message.get("active")
-        if type(epoch) is not int or type(active) is not bool:
+        draining = message.get("draining", False)
+        if type(epoch) is not int or type(active) is not bool or type(draining) is not bool:
             raise RemoteProtocolError(f"malformed state message {message!r}")
         self.epoch = epoch
         self.active = active
+        if self.draining and self._told_draining is not session:
+            # A session opened during the drain (a reconnect): the server must hear it too.
+            self._tell_draining(session)
+        elif self.draining and draining:
+            # The server's answer: every stream it opened here before is in the session now.
+            self._drain_acked = True
         if active:
             self._closed_until = 0.0
-            log.info("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
+            log.warning("client %d: now ACTIVE (epoch %d)", self.client_id, epoch)
         elif message.get("demoted"):
             close_secs = message.get("standby_socket_close_secs")
             if not isinstance(close_secs, (int, float)) or not 0 <= close_secs < 1e6:
@@ -241,17 +277,19 @@ class Client:
             )
             session.start_reset_all_streams("demoted to standby")
         else:
-            log.info("client %d: standby (epoch %d)", self.client_id, epoch)
+            log.warning("client %d: standby (epoch %d)", self.client_id, epoch)
         self._notify()
 
     def _on_first_data(self, stream: TunnelStream) -> None:
         session = self._session
         if session is None or self.active or self._activation_sent_epoch == self.epoch:
             return
+        if self.draining:
+            return
         if trio.current_time() < self._closed_until:
             return
         self._activation_sent_epoch = self.epoch
-        log.info(
+        log.warning(
             "client %d: data on standby listener (tunnel %s): asking to become active",
             self.client_id,
             stream.tunnel,
@@ -260,7 +298,37 @@ class Client:
 
     # -- listen sockets ------------------------------------------------------------------
     def _want_listeners(self) -> bool:
-        return self.connected and trio.current_time() >= self._closed_until
+        return not self.draining and self.connected and trio.current_time() >= self._closed_until
+
+    # -- drain ---------------------------------------------------------------------------
+    def _tell_draining(self, session: Session) -> None:
+        self._told_draining = session
+        self._drain_acked = False
+        session.send_control({"type": "draining"})
+
+    async def drain(self, secs: float) -> DrainResult:
+        """Shut down gracefully: tell the server (which sends new streams to the other
+        client at once), close the listen sockets, let open streams finish for up to
+        ``secs``, then reset the rest. The session stays up for them (the caller ends it
+        by cancelling the client)."""
+        self.draining = True
+        session = self._session
+        if session is not None and not session.closed:
+            self._tell_draining(session)
+        self._listeners.close_all()
+        self._notify()
+        deadline = trio.current_time() + secs
+        with trio.move_on_at(deadline):
+            # Until the server answers, streams it opened before it heard may still arrive:
+            # leaving now would cut them.
+            while self.connected and not self._drain_acked:
+                await self._changed.wait()
+        return await drain_sessions(
+            lambda: [] if self._session is None else [self._session],
+            self.metrics,
+            deadline,
+            f"client {self.client_id}",
+        )
 
     async def _manage_listeners(self) -> NoReturn:
         bind_failures: dict[str, str] = {}
@@ -284,7 +352,9 @@ class Client:
                                 _BIND_RETRY_SECS,
                             )
                     for tunnel in set(bind_failures) - set(now_failing):
-                        log.info("client %d: listening for tunnel %s again", self.client_id, tunnel)
+                        log.warning(
+                            "client %d: listening for tunnel %s again", self.client_id, tunnel
+                        )
                     bind_failures = now_failing
                 else:
                     self._listeners.close_all()
@@ -338,6 +408,9 @@ class Client:
         not connected or at the session's stream limit.
         """
         session = self._session
+        if self.draining:
+            error = StreamReset(ResetCode.SHUTDOWN, "the client is shutting down", remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
         if session is None:
             error = StreamReset(ResetCode.REFUSED, "not connected to the server", remote=False)
             raise trio.BrokenResourceError(str(error)) from error
@@ -345,6 +418,10 @@ class Client:
 
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         session = self._session
+        if self.draining:  # accepted just before the listen sockets closed
+            self.metrics.connection_refused(tunnel, "shutting_down")
+            reset_tcp(tcp)
+            return
         if session is None:
             self.metrics.connection_refused(tunnel, "not_connected")
             reset_tcp(tcp)

@@ -79,6 +79,7 @@ class ListenerSet:
     def __init__(self, on_accept: Callable[[str, trio.SocketStream], None]) -> None:
         self._on_accept = on_accept
         self._running: dict[str, tuple[Listen, trio.CancelScope]] = {}
+        self._sockets: dict[str, list[trio.SocketListener]] = {}
         self.ports: dict[str, int] = {}
 
     @property
@@ -113,6 +114,7 @@ class ListenerSet:
         self.ports[entry.tunnel] = int(listeners[0].socket.getsockname()[1])
         scope = trio.CancelScope()
         self._running[entry.tunnel] = (entry, scope)
+        self._sockets[entry.tunnel] = listeners
         nursery.start_soon(self._serve, scope, listeners, entry.tunnel)
 
     async def _serve(
@@ -128,6 +130,10 @@ class ListenerSet:
     def close(self, tunnel: str) -> None:
         _entry, scope = self._running.pop(tunnel)
         scope.cancel()
+        # Closed now, not when the cancelled accept loop next runs: once the caller logs
+        # "listen sockets closed", connections must be refused.
+        for listener in self._sockets.pop(tunnel, []):
+            listener.socket.close()
 
     def close_all(self) -> None:
         for tunnel in list(self._running):

@@ -21,6 +21,7 @@ from ._protocol import ResetCode
 #   session_closed    the WebSocket session was closing when the connection came in
 #   stream_limit      the session already carries max_streams_per_session streams
 #   shutting_down     the process is stopping (draining) and takes no new streams
+#   client_draining   server: the only connected client is draining (planned shutdown)
 #   other             anything else (a new reason not given a label of its own yet)
 ConnectionRefusal = Literal[
     "no_client",
@@ -29,6 +30,7 @@ ConnectionRefusal = Literal[
     "session_closed",
     "stream_limit",
     "shutting_down",
+    "client_draining",
     "other",
 ]
 CONNECTION_REFUSAL_REASONS: tuple[ConnectionRefusal, ...] = get_args(ConnectionRefusal)
@@ -98,7 +100,7 @@ class Metrics:
 # Every label value each counter can have, so an exporter can show zeros before the first event
 # (a Prometheus rate() over a series that appears mid-way misses its first increment).
 RESET_KINDS = tuple(code.label for code in ResetCode)
-SWITCH_REASONS = ("first_client", "data", "client_lost", "other")
+SWITCH_REASONS = ("first_client", "data", "client_lost", "drain", "other")
 REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
 
 
@@ -106,6 +108,8 @@ def switch_kind(reason: str) -> str:
     text = reason.lower()
     if "data arrived" in text:
         return "data"
+    if "is draining" in text:
+        return "drain"
     if "lost" in text:
         return "client_lost"
     if "connected and no client was active" in text:

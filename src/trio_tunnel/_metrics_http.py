@@ -267,29 +267,34 @@ def render_metrics(metrics: Metrics, tunnels: Iterable[str] = ()) -> str:
 def readiness(metrics: Metrics) -> tuple[int, dict[str, object]]:
     """(HTTP status, JSON document) for ``/readyz`` and ``/health``: 200 while this process can
     carry streams, else 503. A server is ready while an active client is connected; a client
-    while it is connected to the server (as the active client or the standby)."""
+    while it is connected to the server (as the active client or the standby). A draining
+    process (``[shutdown] drain_secs``, after SIGTERM) is never ready: load balancers stop
+    sending to it while its open streams finish."""
     live = metrics.live()
+    draining = bool(live.get("draining"))
     if metrics.role == "server":
         active = _int(live.get("active_client"))
         connected = _int(live.get("connected_clients"))
         status = "ok" if active else ("no_active_client" if connected else "no_client")
-        return (200 if active else 503), {
-            "status": status,
-            "ready": bool(active),
+        ready = bool(active) and not draining
+        return (200 if ready else 503), {
+            "status": "draining" if draining else status,
+            "ready": ready,
             "role": "server",
             "connected_clients": connected,
             "active_client": active or None,
         }
     connected_to_server = bool(live.get("connected"))
+    ready = connected_to_server and not draining
     document: dict[str, object] = {
-        "status": "ok" if connected_to_server else "disconnected",
-        "ready": connected_to_server,
+        "status": "draining" if draining else ("ok" if connected_to_server else "disconnected"),
+        "ready": ready,
         "role": "client",
         "client_id": live.get("client_id"),
         "connected": connected_to_server,
         "active": bool(live.get("active")),
     }
-    return (200 if connected_to_server else 503), document
+    return (200 if ready else 503), document
 
 
 health = readiness  # /health is /readyz, kept for the configs and probes that use it

@@ -10,9 +10,12 @@ from __future__ import annotations
 import trio
 
 
-def peer_address(tcp: trio.SocketStream) -> str:
+def peer_address(tcp: trio.abc.Stream) -> str:
+    sock = getattr(tcp, "socket", None)
+    if sock is None:  # an injected in-memory stream (tests): its repr names it
+        return repr(tcp)
     try:
-        host, port, *_ = tcp.socket.getpeername()
+        host, port, *_ = sock.getpeername()
     except OSError:
         return "?"
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -56,7 +59,7 @@ class PeerStream(trio.abc.Stream):
 class PeerListener(trio.abc.Listener[PeerStream]):
     """Accepts plain TCP as :class:`PeerStream`."""
 
-    def __init__(self, listener: trio.SocketListener) -> None:
+    def __init__(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         self.transport_listener = listener
 
     async def accept(self) -> PeerStream:

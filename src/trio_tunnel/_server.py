@@ -22,6 +22,7 @@ import trio
 
 from . import _ws
 from ._config import Config, Environment, load_environment
+from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import send_refusal, send_welcome, server_handshake
 from ._listen import ListenerSet
@@ -41,6 +42,7 @@ class ClientInfo:
     connected_at: float
     streams: int
     demoted_until: float
+    draining: bool = False  # it said it is shutting down: no new streams go to it
 
 
 @attrs.frozen
@@ -52,6 +54,7 @@ class ServerState:
     epoch: int
     since: float
     reason: str
+    draining: bool = False  # this server is shutting down: it takes no new streams
 
     @property
     def connected(self) -> tuple[int, ...]:
@@ -66,6 +69,7 @@ class _Client:
     connected_at: float
     demoted_until: float = 0.0
     demoted_epoch: int | None = None
+    draining: bool = False
 
 
 class Server:
@@ -85,6 +89,7 @@ class Server:
         self._reason = "started"
         self._changed = trio.Event()
         self._supervisor: trio.Nursery | None = None
+        self._draining = False
         self.websocket_port = 0
         self._environment = environment
         self._ssl_context: ssl.SSLContext | None = None
@@ -97,6 +102,7 @@ class Server:
         self.metrics.live = lambda: {
             "connected_clients": len(self._clients),
             "active_client": self._active or 0,
+            "draining": int(self._draining),
         }
         self.metrics.open_stream_bytes = self._open_stream_bytes
 
@@ -106,7 +112,12 @@ class Server:
         return ServerState(
             clients={
                 cid: ClientInfo(
-                    cid, c.remote, c.connected_at, c.session.stream_count, c.demoted_until
+                    cid,
+                    c.remote,
+                    c.connected_at,
+                    c.session.stream_count,
+                    c.demoted_until,
+                    c.draining,
                 )
                 for cid, c in sorted(self._clients.items())
             },
@@ -114,6 +125,7 @@ class Server:
             epoch=self._epoch,
             since=self._since,
             reason=self._reason,
+            draining=self._draining,
         )
 
     async def wait_state(self, predicate: Callable[[ServerState], bool]) -> ServerState:
@@ -125,8 +137,13 @@ class Server:
             await self._changed.wait()
 
     async def serve(
-        self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listener: trio.abc.Listener[trio.abc.Stream] | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> NoReturn:
+        """Serve until cancelled. ``listener`` replaces binding the configured WebSocket
+        address (tests inject an in-memory listener); tunnel listen ports are bound as usual."""
         ws_settings = self.config.websocket
         environment = self._environment
         if environment is None:
@@ -151,6 +168,7 @@ class Server:
                         handshake_timeout=ws_settings.handshake_timeout_secs,
                         close_timeout=ws_settings.close_timeout_secs,
                         on_refused=self.metrics.refused,
+                        listener=listener,
                     )
                 )
             except OSError as bind_error:  # a busy port: say which, as for the tunnel ports
@@ -196,6 +214,9 @@ class Server:
         Raises ``trio.BrokenResourceError`` (its ``__cause__`` a :class:`StreamReset`) when no
         client is active or the session is at its stream limit.
         """
+        if self._draining:
+            error = StreamReset(ResetCode.SHUTDOWN, "the server is shutting down", remote=False)
+            raise trio.BrokenResourceError(str(error)) from error
         client = self._clients.get(self._active) if self._active is not None else None
         if client is None:
             error = StreamReset(ResetCode.REFUSED, "no client is active", remote=False)
@@ -204,8 +225,19 @@ class Server:
 
     def _on_tcp(self, tunnel: str, tcp: trio.SocketStream) -> None:
         client = self._clients.get(self._active) if self._active is not None else None
+        if self._draining:  # accepted just before the listeners closed
+            log.warning("tunnel %s: connection refused: the server is shutting down", tunnel)
+            self.metrics.connection_refused(tunnel, "shutting_down")
+            reset_tcp(tcp)
+            return
         if client is None:
-            if self._clients:
+            if any(c.draining for c in self._clients.values()):
+                log.warning(
+                    "tunnel %s: connection refused: the only connected client is draining",
+                    tunnel,
+                )
+                self.metrics.connection_refused(tunnel, "client_draining")
+            elif self._clients:
                 log.warning("tunnel %s: connection refused: no client is active", tunnel)
                 self.metrics.connection_refused(tunnel, "no_active_client")
             else:
@@ -217,9 +249,13 @@ class Server:
 
     # -- SessionOwner --------------------------------------------------------------------
     def resolve_open(self, session: Session, tunnel: str, epoch: int) -> tuple[str, int] | Refusal:
+        if self._draining:
+            return ResetCode.SHUTDOWN, "the server is shutting down"
         client = self._client_of(session)
         if client is None:
             return ResetCode.REFUSED, "client no longer registered"
+        if client.draining:
+            return ResetCode.SHUTDOWN, f"client {client.client_id} said it is draining"
         if client.demoted_epoch is not None and epoch < client.demoted_epoch:
             return (
                 ResetCode.REFUSED,
@@ -238,10 +274,23 @@ class Server:
         if client is None:
             return
         kind = message.get("type")
+        if kind == "draining":
+            if set(message) != {"type"}:
+                raise RemoteProtocolError(f"malformed draining message {message!r}")
+            self._client_draining(client)
+            return
         if kind != "activate":
             raise RemoteProtocolError(f"unknown CONTROL message type {kind!r}")
         epoch = message.get("epoch")
         if self._active == client.client_id:
+            return
+        if client.draining or self._draining:
+            # A switch now would only reset the old client's streams: no new ones may start.
+            log.info(
+                "client %d: activation request ignored: %s is draining",
+                client.client_id,
+                f"client {client.client_id}" if client.draining else "the server",
+            )
             return
         if epoch != self._epoch:
             log.info(
@@ -253,7 +302,7 @@ class Server:
             return
         now = trio.current_time()
         if now < client.demoted_until:
-            log.info(
+            log.warning(
                 "client %d: activation refused: its close period after demotion has %.1fs left",
                 client.client_id,
                 client.demoted_until - now,
@@ -274,8 +323,8 @@ class Server:
         self.config = reload_tunnels(self.config, config, "server")
         self._connects = {c.tunnel: (c.host, c.port) for c in self.config.connect}
         assert self._supervisor is not None
-        if trio.current_time() < self._listeners_closed_until:
-            return  # closed after a switch: they reopen with the new entries when it ends
+        if self._draining or trio.current_time() < self._listeners_closed_until:
+            return  # closed after a switch (they reopen with the new entries) or for good
         for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
             log.error(
                 "reload: cannot listen for tunnel %s on %s:%d: %s; it stays closed",
@@ -291,8 +340,48 @@ class Server:
                 return client
         return None
 
+    # -- drain ---------------------------------------------------------------------------
+    def _client_draining(self, client: _Client) -> None:
+        """A client is shutting down: send new streams to the other one at once, and leave
+        the draining client's open streams alone so that they can finish."""
+        if client.draining:
+            return
+        client.draining = True
+        if self._active != client.client_id:
+            # The answer tells it that no stream is on its way to it any more.
+            client.session.send_control(
+                {"type": "state", "epoch": self._epoch, "active": False, "draining": True}
+            )
+            self._log_state(f"client {client.client_id} is draining (it was not active)")
+            return
+        others = [c.client_id for c in self._clients.values() if not c.draining]
+        self._switch(
+            others[0] if others else None,
+            f"client {client.client_id} is draining (planned shutdown)",
+            reset_old=False,
+        )
+
+    async def drain(self, secs: float) -> DrainResult:
+        """Stop accepting (listen ports closed, new streams from clients refused with
+        ``ResetCode.SHUTDOWN``), let open streams finish for up to ``secs``, then reset the
+        rest. The sessions stay up (the caller ends them by cancelling the server)."""
+        self._draining = True
+        self._listeners.close_all()
+        self._log_state("the server is draining")
+        return await drain_sessions(
+            lambda: [c.session for c in self._clients.values()],
+            self.metrics,
+            trio.current_time() + secs,
+            "server",
+        )
+
     # -- failover ------------------------------------------------------------------------
-    def _switch(self, new_active: int | None, reason: str) -> None:
+    def _switch(self, new_active: int | None, reason: str, *, reset_old: bool = True) -> None:
+        """Make ``new_active`` the active client. The old one is demoted (its streams reset,
+        its listen sockets closed for the close period) unless ``reset_old`` is false: a
+        client that is draining keeps its open streams and is only told it is standby."""
+        if new_active is not None and self._clients[new_active].draining:
+            new_active = None  # a draining client takes no new streams: better none active
         old_active = self._active
         if old_active == new_active:
             return
@@ -307,7 +396,11 @@ class Server:
                 {"type": "state", "epoch": self._epoch, "active": True}
             )
         old = self._clients.get(old_active) if old_active is not None else None
-        if old is not None:
+        if old is not None and not reset_old:
+            old.session.send_control(
+                {"type": "state", "epoch": self._epoch, "active": False, "draining": True}
+            )
+        elif old is not None:
             close_secs = self.config.failover.standby_socket_close_secs
             old.demoted_until = now + close_secs
             old.demoted_epoch = self._epoch
@@ -325,6 +418,7 @@ class Server:
         failover = self.config.failover
         if (
             old_active is not None
+            and reset_old  # a drain cuts nothing: no blackout for applications to notice
             and failover.close_server_listeners
             and failover.standby_socket_close_secs > 0
         ):
@@ -347,6 +441,8 @@ class Server:
         await trio.sleep_until(self._listeners_closed_until)
         if trio.current_time() < self._listeners_closed_until:
             return  # a later switch extended the period; its own task reopens them
+        if self._draining:
+            return  # closed for good
         assert self._supervisor is not None
         for entry, exc in await self._listeners.apply(self._supervisor, self.config.listen):
             log.error(
@@ -360,11 +456,11 @@ class Server:
 
     async def _reset_streams_of(self, client: _Client, reason: str) -> None:
         count = await client.session.reset_all_streams(f"failover: {reason}")
-        log.info("client %d: %d streams reset by the failover", client.client_id, count)
+        log.warning("client %d: %d streams reset by the failover", client.client_id, count)
 
     def _log_state(self, what: str) -> None:
         connected = ",".join(str(c) for c in sorted(self._clients)) or "none"
-        log.info(
+        log.warning(
             "state (epoch %d): %s; connected: %s; active: %s",
             self._epoch,
             what,

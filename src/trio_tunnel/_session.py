@@ -255,6 +255,14 @@ class Session:
                 await stream.done.wait()
         return len(streams)
 
+    async def wait_streams_done(self) -> None:
+        """Wait until every stream of this session has ended, those opened meanwhile too
+        (a drain; callers bound this with a deadline)."""
+        while pending := [s for s in self._streams.values() if not s.done.is_set()]:
+            for stream in pending:
+                await stream.done.wait()
+        await trio.lowlevel.checkpoint()
+
     def start_reset_all_streams(self, reason: str, code: ResetCode = ResetCode.FAILOVER) -> None:
         """Reset every stream of this session in the background (from synchronous code)."""
         if self._nursery is not None:

@@ -201,7 +201,7 @@ class TlsServerStream(PeerStream):
 
     def __init__(
         self,
-        ssl_stream: trio.SSLStream[trio.SocketStream],
+        ssl_stream: trio.SSLStream[trio.abc.Stream],
         remote: str,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
@@ -247,7 +247,7 @@ class TlsListener(trio.abc.Listener[TlsServerStream]):
 
     def __init__(
         self,
-        listener: trio.SocketListener,
+        listener: trio.abc.Listener[trio.abc.Stream],
         context: ssl.SSLContext,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:

@@ -216,9 +216,9 @@ def _build_service_class() -> type:
 
 
 def _setup_logging(config: Config) -> None:
-    from ._logging import setup
+    from ._logging import process_label, setup
 
-    setup(config.logging)
+    setup(config.logging, process=process_label(config.role, config.client_id))
 
 
 # --- the commands ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import trio_websocket
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-from . import _mask
+from . import _mask, _proxy
 from ._errors import RemoteProtocolError, WebSocketClosed
 from ._peer import PeerListener, PeerStream
 from ._tls import TlsListener
@@ -113,33 +113,42 @@ async def connect(
     headers: list[tuple[bytes, bytes]],
     connect_timeout: float,
     close_timeout: float,
+    open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    proxy: _proxy.ProxyURL | None = None,  # CONNECT through it (ProxyError when refused)
 ) -> AsyncIterator[WebSocket]:
     """Open a client WebSocket.
 
     TCP connect, the TLS handshake (done here, so a certificate problem is reported at once
     rather than as a time-out) and the HTTP upgrade must finish within ``connect_timeout``.
     Raises ``OSError``, ``trio.BrokenResourceError`` (TLS), ``trio.TooSlowError`` or
-    :class:`trio_websocket.ConnectionRejected`.
+    :class:`trio_websocket.ConnectionRejected`. ``open_transport`` replaces the TCP connect
+    (tests run the same code over in-memory streams); TLS, if any, still runs over it.
     """
     host_header = host if port in (80, 443) else f"{host}:{port}"
     if ":" in host:
         host_header = f"[{host}]" if port in (80, 443) else f"[{host}]:{port}"
     deadline = trio.current_time() + connect_timeout
     with trio.fail_at(deadline):
-        stream = await _open_stream(host, port, ssl_context)
+        stream = await _open_stream(host, port, ssl_context, open_transport, proxy)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_at(deadline):
-                connection = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    host_header,
-                    resource,
-                    extra_headers=headers,
-                    message_queue_size=1,
-                    max_message_size=MAX_MESSAGE_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                )
+            try:
+                with trio.fail_at(deadline):
+                    connection = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        stream,  # type: ignore[arg-type]  # annotated too narrowly: any Stream
+                        host_header,
+                        resource,
+                        extra_headers=headers,
+                        message_queue_size=1,
+                        max_message_size=MAX_MESSAGE_SIZE,
+                        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                    )
+            except BaseException:
+                # The library leaves the stream open when its upgrade fails or times out:
+                # close it here, or the server holds a dead connection until GC runs.
+                await trio.aclose_forcefully(stream)
+                raise
             ws = WebSocket(connection, close_timeout=close_timeout)
             try:
                 yield ws
@@ -156,9 +165,17 @@ async def connect(
 
 
 async def _open_stream(
-    host: str, port: int, ssl_context: ssl.SSLContext | None
-) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    tcp = await trio.open_tcp_stream(host, port)
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    open_transport: Callable[[], Awaitable[trio.abc.Stream]] | None,
+    proxy: _proxy.ProxyURL | None,
+) -> trio.abc.Stream:
+    tcp: trio.abc.Stream
+    if open_transport is None:
+        tcp = await _proxy.open_tcp_stream(host, port, proxy)
+    else:
+        tcp = await open_transport()
     if ssl_context is None:
         return tcp
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
@@ -227,12 +244,15 @@ async def serve(
     close_timeout: float,
     handler_nursery: trio.Nursery | None = None,
     on_refused: Callable[[str], None] | None = None,
+    listener: trio.abc.Listener[trio.abc.Stream] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSocket upgrades on ``host:port``; reports the bound port via ``task_status``.
 
     The TLS handshake (if any), the HTTP upgrade and everything before ``handler`` runs must
-    complete within ``handshake_timeout``, or the connection is closed.
+    complete within ``handshake_timeout``, or the connection is closed. An injected
+    ``listener`` replaces binding ``host:port`` (tests serve in-memory streams; the port
+    reported is then 0); TLS, if any, still runs over what it accepts.
     """
 
     upgrades = _UpgradeLimit(MAX_PENDING_UPGRADES)
@@ -244,8 +264,13 @@ async def serve(
         except Exception as exc:
             log.warning("WebSocket connection from %s failed: %s", stream.remote, _short(exc))
 
-    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-    bound_port = int(tcp_listeners[0].socket.getsockname()[1])
+    tcp_listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    if listener is None:
+        sockets = await trio.open_tcp_listeners(port, host=host)
+        bound_port = int(sockets[0].socket.getsockname()[1])
+        tcp_listeners = list(sockets)
+    else:
+        bound_port, tcp_listeners = 0, [listener]
     listeners: list[Any] = (
         [PeerListener(listener) for listener in tcp_listeners]
         if ssl_context is None

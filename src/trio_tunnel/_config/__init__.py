@@ -23,6 +23,7 @@ from ._schema import FailoverSettings as FailoverSettings
 from ._schema import Listen as Listen
 from ._schema import LoggingSettings as LoggingSettings
 from ._schema import MetricsSettings as MetricsSettings
+from ._schema import ShutdownSettings as ShutdownSettings
 from ._schema import StreamSettings as StreamSettings
 from ._schema import WebSocketSettings as WebSocketSettings
 from ._together import Member as Member
@@ -39,6 +40,7 @@ __all__ = [
     "LoggingSettings",
     "Member",
     "MetricsSettings",
+    "ShutdownSettings",
     "StreamSettings",
     "WebSocketSettings",
     "check_together",

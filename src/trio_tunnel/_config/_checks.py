@@ -17,6 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from .._errors import ConfigError
+from .._proxy import parse_proxy_url
 
 # A key path such as ("listen", 1, "port"), printed as ``listen[1].port``.
 _Path = tuple[str | int, ...]
@@ -243,6 +244,19 @@ def _websocket_url(value: object) -> str | None:
         _split_url(value)
     except ValueError as exc:
         return str(exc)
+    return None
+
+
+def _proxy_setting(value: object) -> str | None:
+    """None (the environment decides), "" (no proxy) or an http:// proxy URL."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return _string(value)
+    try:
+        parse_proxy_url(value)
+    except ValueError as exc:
+        return str(exc)  # never contains the password
     return None
 
 

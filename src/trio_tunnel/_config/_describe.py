@@ -1,6 +1,9 @@
 """``describe_config``: what a process with this config would do, in words (``check``)."""
 
-from ._schema import Config, LoggingSettings
+from collections.abc import Mapping
+
+from .._proxy import ProxyError, choose_proxy
+from ._schema import Config, LoggingSettings, WebSocketSettings
 
 
 def _address(host: str, port: int) -> str:
@@ -29,8 +32,26 @@ def _describe_security(config: Config) -> str:
     return "; ".join(parts)
 
 
-def describe_config(config: Config) -> str:
-    """A human-readable summary of what a process with this config would do."""
+def _describe_proxy(ws: WebSocketSettings, environ: Mapping[str, str] | None) -> str:
+    if ws.proxy is None and environ is None:
+        variable = "HTTPS_PROXY" if ws.scheme == "wss" else "HTTP_PROXY"
+        return f"from the environment: {variable} (or lower case) unless NO_PROXY matches"
+    try:
+        choice = str(choose_proxy(ws.proxy, ws.scheme, ws.host, ws.port, environ or {}))
+    except ProxyError as exc:
+        choice = f"unusable: {exc}"
+    if ws.proxy is None:
+        # The environment of `check` may not be the service's own.
+        return f"by this shell's environment (the service's may differ): {choice}"
+    return choice
+
+
+def describe_config(config: Config, environ: Mapping[str, str] | None = None) -> str:
+    """A human-readable summary of what a process with this config would do.
+
+    ``environ`` (``check`` passes ``os.environ``) shows which proxy a client without
+    ``websocket.proxy`` would use; without it the summary says the environment decides.
+    """
     ws = config.websocket
     where = f"({_address(ws.host, ws.port)}, path {ws.path})"
     lines: list[str] = []
@@ -45,6 +66,7 @@ def describe_config(config: Config) -> str:
             f"  reconnect after {ws.reconnect_min_secs:g}s, backing off to"
             f" {ws.reconnect_max_secs:g}s"
         )
+        lines.append(f"  proxy: {_describe_proxy(ws, environ)}")
     lines.append(
         f"  handshake timeout {ws.handshake_timeout_secs:g}s, close timeout"
         f" {ws.close_timeout_secs:g}s, ping every {ws.ping_interval_secs:g}s"
@@ -87,6 +109,12 @@ def describe_config(config: Config) -> str:
         lines.append(f"  levels of single loggers: {levels}")
     if config.logging.format != "text":
         lines.append(f"  format: {config.logging.format} (one object per line)")
+    drain_secs = config.shutdown.drain_secs
+    if drain_secs > 0:
+        lines.append(
+            f"shutdown: on SIGTERM or SIGINT stop accepting and let open streams finish for up"
+            f" to {drain_secs:g}s, then reset the rest (a second signal stops at once)"
+        )
     address = config.metrics.address
     if address is None:
         lines.append("metrics: no endpoint")

@@ -15,6 +15,7 @@ from typing import Final
 
 import attrs
 
+from .._proxy import redacted
 from ._checks import (
     _DEFAULT_PORTS,
     _WS_SCHEMES,
@@ -47,6 +48,7 @@ from ._checks import (
     _optional_host,
     _path_name,
     _Problem,
+    _proxy_setting,
     _role,
     _seconds,
     _split_host_port,
@@ -58,6 +60,13 @@ from ._checks import (
 )
 
 _POSITIVE_SECS: Final = _checked(_seconds())
+
+
+def _redacted_repr(value: object) -> str:
+    """A proxy URL's repr without its password (a Config may end up in a log or traceback)."""
+    return repr(redacted(value) if isinstance(value, str) else value)
+
+
 TLS_FILES: Final = ("tls_bundle", "trusted_ca", "trusted_peers")
 
 
@@ -89,6 +98,11 @@ class WebSocketSettings(_Checked):
     trusted_peers: str | None = attrs.field(default=None, metadata=_checked(_path_name))
     mutual_tls: bool = attrs.field(default=False, metadata=_checked(_boolean))
     auth_token_file: str | None = attrs.field(default=None, metadata=_checked(_path_name))
+    # A client's HTTP CONNECT proxy: None leaves it to HTTPS_PROXY/HTTP_PROXY and NO_PROXY,
+    # "" means none at all (see _proxy.choose_proxy).
+    proxy: str | None = attrs.field(
+        default=None, repr=_redacted_repr, metadata=_checked(_proxy_setting)
+    )
 
     def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
         problems: list[_Problem] = []
@@ -157,6 +171,22 @@ class FailoverSettings(_Checked):
     # tcp-over-websocket's server also closed its own listen ports for the close period on
     # every switch; off by default, since applications at the server then see a blackout.
     close_server_listeners: bool = attrs.field(default=False, metadata=_checked(_boolean))
+
+
+@attrs.frozen(kw_only=True)
+class ShutdownSettings(_Checked):
+    """The ``[shutdown]`` table: what SIGTERM (or SIGINT) does to open streams.
+
+    ``drain_secs = 0`` (the default): every open stream is reset at once and the process
+    exits. With ``drain_secs > 0`` the process drains: it stops accepting (its listen ports
+    close; a client first has the server send new streams to the other client), lets open
+    streams finish for up to that long, then resets the rest and exits 0. A second signal
+    during the drain stops at once.
+    """
+
+    drain_secs: float = attrs.field(
+        default=0.0, converter=_as_float, metadata=_checked(_seconds(allow_zero=True))
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -296,6 +326,9 @@ class Config(_Checked):
     metrics: MetricsSettings = attrs.field(
         factory=MetricsSettings, metadata=_checked(_instance_of(MetricsSettings))
     )
+    shutdown: ShutdownSettings = attrs.field(
+        factory=ShutdownSettings, metadata=_checked(_instance_of(ShutdownSettings))
+    )
     # ``[clients.1]`` and ``[clients.2]``: per-client credentials (server only).
     clients: tuple[ClientCredentials, ...] = attrs.field(
         default=(), metadata=_checked(_tuple_of(ClientCredentials))
@@ -401,6 +434,8 @@ def _role_problems(config: Config) -> Iterable[_Problem]:
     if config.is_server:
         if config.client_id is not None:
             yield ("client_id",), "not allowed for a server (only clients have an id)"
+        if config.websocket.proxy is not None:
+            yield ("websocket", "proxy"), "only used by a client (a server does not connect out)"
         return
     if config.client_id is None:
         yield ("client_id",), "required for a client (1 = primary, 2 = secondary)"

@@ -59,13 +59,17 @@ class Sent(NamedTuple):
     seq: int
     payload: bytes | memoryview | None  # None: the EOF
     cost: int
+    kept_at: int = 0  # the connection's count of kept frames when this one was sent
 
 
 class _Stream:
     __slots__ = (
         "acked",
+        "credit_total",
+        "epoch",
         "flow",
         "gap_since",
+        "granted_total",
         "held",
         "held_cost",
         "id",
@@ -86,6 +90,11 @@ class _Stream:
         self.gap_since: float | None = None
         self.unacked: deque[Sent] = deque()
         self.acked = 0  # credit returned by the peer not yet matched to a kept frame
+        self.epoch = 0  # of the OPEN (a local stream's OPEN may have to be sent again)
+        # Credit this side granted the peer in all (the initial window included), and the
+        # credit the peer granted this side: a resume recovers grants lost on the way.
+        self.granted_total = flow.window
+        self.credit_total = flow.peer_window
 
 
 class Connection:
@@ -116,6 +125,11 @@ class Connection:
         self._peer_parity = 1 if is_server else 0
         self._streams: dict[int, _Stream] = {}
         self._gaps: set[int] = set()
+        # Resume (keep_unacked): streams done here whose last frames the peer has not
+        # acknowledged yet, the count of frames kept, and that count at each PING sent.
+        self._lingering: dict[int, _Stream] = {}
+        self._kept = 0
+        self._pings: dict[int, int] = {}
         self._frames: list[bytes] = []
         self.ignored_frames = 0  # frames for streams that are done (normal, a few trail)
         self._reported_ignore = False
@@ -186,6 +200,8 @@ class Connection:
                 self._frames.append(encode_frame(FrameType.PONG, 0, frame.arg))
                 events.append(PingReceived(frame.arg))
             elif kind is FrameType.PONG:
+                if self._pings:
+                    self._acknowledge_through(self._pings.pop(frame.arg, 0))
                 events.append(PongReceived(frame.arg))
             elif kind is FrameType.CONTROL:
                 events.append(ControlReceived(decode_json(frame.payload, "CONTROL message")))
@@ -361,11 +377,18 @@ class Connection:
         events.append(StreamWasReset(stream.id, ResetCode.PROTOCOL_ERROR, reason, False))
 
     def _on_window(self, frame: Frame, events: list[Event]) -> None:
-        stream = self._live(frame, events)
+        stream = self._streams.get(frame.stream_id)
         if stream is None:
+            lingering = self._lingering.get(frame.stream_id)
+            if lingering is not None:  # a grant for the last data of a finished stream
+                self._acknowledge(lingering, frame.arg)
+                self._release_if_acknowledged(lingering)
+                return
+            self._live(frame, events)  # counts it as ignored
             return
         stream.state = transition(stream.state, Input.RECV_WINDOW)
         stream.flow.on_window(frame.arg)
+        stream.credit_total += frame.arg
         if stream.unacked:
             self._acknowledge(stream, frame.arg)
         events.append(CreditGranted(stream.id))
@@ -374,8 +397,21 @@ class Connection:
         """Credit comes back only for data the peer wrote to TCP: drop what it covers."""
         stream.acked += increment
         unacked = stream.unacked
-        while unacked and unacked[0].cost <= stream.acked:
+        # Grants cover data only; an EOF is acknowledged by a PONG or a resume.
+        while unacked and unacked[0].payload is not None and unacked[0].cost <= stream.acked:
             stream.acked -= unacked.popleft().cost
+
+    def _acknowledge_through(self, index: int) -> None:
+        """A PONG proves the peer took in every frame sent before its PING."""
+        for stream in [*self._streams.values(), *self._lingering.values()]:
+            unacked = stream.unacked
+            while unacked and unacked[0].kept_at <= index:
+                unacked.popleft()
+            self._release_if_acknowledged(stream)
+
+    def _release_if_acknowledged(self, stream: _Stream) -> None:
+        if not stream.unacked and self._lingering.get(stream.id) is stream:
+            del self._lingering[stream.id]
 
     def _on_reset(self, frame: Frame, events: list[Event]) -> None:
         stream = self._live(frame, events)
@@ -388,6 +424,8 @@ class Connection:
     def _drop(self, stream: _Stream) -> None:
         del self._streams[stream.id]
         self._gaps.discard(stream.id)
+        if stream.unacked and stream.state is StreamState.CLOSED:
+            self._lingering[stream.id] = stream  # until the peer acknowledges its tail
 
     def _new_flow(self) -> StreamFlow:
         return StreamFlow(window=self.window, peer_window=self.peer_window)
@@ -406,7 +444,8 @@ class Connection:
             stream_id = self._advance(stream_id)
         self._next_id = self._advance(stream_id)
         frame = encode_frame(FrameType.OPEN, stream_id, epoch, tunnel)
-        self._streams[stream_id] = _Stream(stream_id, tunnel, self._new_flow(), local=True)
+        stream = self._streams[stream_id] = _Stream(stream_id, tunnel, self._new_flow(), local=True)
+        stream.epoch = epoch
         return stream_id, frame
 
     def _advance(self, stream_id: int) -> int:
@@ -427,7 +466,8 @@ class Connection:
         length = len(payload)
         seq = stream.flow.on_send_data(length)
         if self.keep_unacked:
-            stream.unacked.append(Sent(seq, payload, length + FRAME_COST))
+            self._kept += 1
+            stream.unacked.append(Sent(seq, payload, length + FRAME_COST, self._kept))
         return encode_header(FrameType.DATA, stream_id, seq, length)
 
     def send_eof(self, stream_id: int) -> bytes | None:
@@ -438,7 +478,8 @@ class Connection:
         stream.state = transition(stream.state, Input.SEND_EOF)
         seq = stream.flow.on_send_eof()
         if self.keep_unacked:
-            stream.unacked.append(Sent(seq, None, 0))
+            self._kept += 1
+            stream.unacked.append(Sent(seq, None, 0, self._kept))
         if stream.state in DONE:
             self._drop(stream)
         return encode_header(FrameType.EOF, stream_id, seq, 0)
@@ -465,14 +506,117 @@ class Connection:
         if not increment:
             return None
         transition(stream.state, Input.GRANT)
+        stream.granted_total += increment
         return encode_header(FrameType.WINDOW, stream_id, increment, 0)
 
     def ping(self, nonce: int) -> bytes:
+        if self.keep_unacked:
+            if len(self._pings) >= _PINGS_REMEMBERED:
+                del self._pings[next(iter(self._pings))]
+            self._pings[nonce] = self._kept
         return encode_frame(FrameType.PING, 0, nonce)
+
+    # -- resume after a lost WebSocket (keep_unacked) ---------------------------------------
+    def resume_marks(self) -> dict[str, object]:
+        """What this side holds, for the peer's :meth:`resume`: per live stream the next
+        sequence number it expects and the credit it granted in all, and the highest
+        stream id of the peer's it has seen. JSON-serialisable."""
+        streams = [
+            [s.id, s.flow.recv_seq + (1 if s.flow.recv_eof else 0), s.granted_total]
+            for s in self._streams.values()
+        ]
+        return {"last_peer_id": self._last_peer_id, "streams": streams}
+
+    def resume(self, marks: dict[str, object]) -> tuple[list[bytes], list[Event]]:
+        """Continue on a new WebSocket, given the peer's :meth:`resume_marks`.
+
+        Returns the frames to send first, in order (OPENs the peer never saw, everything it
+        did not take in, RESETs it never got) and the events of streams the peer ended
+        while the link was down. Control frames queued for the old link are dropped: the
+        marks make them unneeded. Raises ``RemoteProtocolError`` for malformed marks.
+        """
+        peer_last, peer = _parse_marks(marks)
+        self._frames.clear()
+        self._pings.clear()
+        frames: list[bytes] = []
+        events: list[Event] = []
+        for stream in [*self._streams.values(), *self._lingering.values()]:
+            live = self._streams.get(stream.id) is stream
+            mark = peer.get(stream.id)
+            if mark is None and stream.local and stream.id > peer_last:
+                # The peer never saw the OPEN: open it again, then everything after it.
+                frames.append(encode_frame(FrameType.OPEN, stream.id, stream.epoch, stream.tunnel))
+                frames += [_retransmission(stream.id, sent) for sent in stream.unacked]
+            elif mark is None:
+                # The peer ended the stream (its RESET, or our last acknowledgement, was lost).
+                if live:
+                    self._drop(stream)
+                    self._lingering.pop(stream.id, None)
+                    reason = "ended by the peer while the link was down"
+                    events.append(StreamWasReset(stream.id, ResetCode.SESSION_LOST, reason, True))
+                else:
+                    del self._lingering[stream.id]
+            else:
+                expected, granted = mark
+                missing = granted - stream.credit_total
+                if missing > 0 and live:  # grants lost on the way
+                    stream.flow.on_window(missing)
+                    stream.credit_total += missing
+                    events.append(CreditGranted(stream.id))
+                unacked = stream.unacked
+                while unacked and unacked[0].seq < expected:
+                    unacked.popleft()
+                frames += [_retransmission(stream.id, sent) for sent in unacked]
+        for stream_id in peer:
+            if stream_id in self._streams or stream_id in self._lingering:
+                continue
+            if stream_id % 2 == self._peer_parity and stream_id > self._last_peer_id:
+                continue  # its OPEN never arrived: the peer sends it again
+            reason = "ended here while the link was down"
+            frames.append(_reset_frame(stream_id, ResetCode.SESSION_LOST, reason))
+        return frames, events
+
+    @property
+    def lingering_count(self) -> int:
+        """Streams done here whose last frames are kept until the peer acknowledges them."""
+        return len(self._lingering)
 
     def control(self, message: dict[str, object]) -> bytes:
         """A CONTROL frame (failover state and requests)."""
         return encode_frame(FrameType.CONTROL, 0, 0, encode_json(message))
+
+
+_PINGS_REMEMBERED = 16
+
+
+def _retransmission(stream_id: int, sent: Sent) -> bytes:
+    if sent.payload is None:
+        return encode_header(FrameType.EOF, stream_id, sent.seq, 0)
+    return encode_header(FrameType.DATA, stream_id, sent.seq, len(sent.payload)) + bytes(
+        sent.payload
+    )
+
+
+def _parse_marks(marks: dict[str, object]) -> tuple[int, dict[int, tuple[int, int]]]:
+    """The peer's marks, checked: they come off the network."""
+    last = marks.get("last_peer_id")
+    rows = marks.get("streams")
+    peer: dict[int, tuple[int, int]] = {}
+    valid = type(last) is int and isinstance(rows, list)
+    for row in rows if isinstance(rows, list) else ():
+        if not (
+            isinstance(row, list)
+            and len(row) == 3
+            and all(type(value) is int and value >= 0 for value in row)
+        ):
+            valid = False
+            break
+        peer[row[0]] = (row[1], row[2])
+    if not valid or not isinstance(last, int):
+        raise RemoteProtocolError(
+            f"malformed resume marks {str(marks)[:200]}", close_code=CloseCode.PROTOCOL_ERROR
+        )
+    return last, peer
 
 
 def _reset_frame(stream_id: int, code: ResetCode, reason: str) -> bytes:
