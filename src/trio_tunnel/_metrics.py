@@ -101,7 +101,7 @@ class Metrics:
 # (a Prometheus rate() over a series that appears mid-way misses its first increment).
 RESET_KINDS = tuple(code.label for code in ResetCode)
 SWITCH_REASONS = ("first_client", "data", "client_lost", "drain", "other")
-REFUSAL_REASONS = ("unknown_path", "auth_token", "handshake", "tls")
+REFUSAL_REASONS = ("unknown_path", "auth_token", "credential", "handshake", "tls")
 
 
 def switch_kind(reason: str) -> str:

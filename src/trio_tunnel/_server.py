@@ -8,7 +8,6 @@ them to close, runs in the supervisor nursery.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import ssl
@@ -22,6 +21,7 @@ import trio
 
 from . import _ws
 from ._config import Config, Environment, load_environment
+from ._credentials import CLIENT_ID_HEADER, Credentials, Refused
 from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import send_refusal, send_welcome, server_handshake
@@ -93,7 +93,7 @@ class Server:
         self.websocket_port = 0
         self._environment = environment
         self._ssl_context: ssl.SSLContext | None = None
-        self._token: bytes | None = None
+        self._credentials = Credentials(None, (), ())
         self._listeners = ListenerSet(self._on_tcp)
         # [failover] close_server_listeners: the listen ports stay closed until then.
         self._listeners_closed_until = float("-inf")
@@ -154,7 +154,14 @@ class Server:
         for warning in environment.warnings:
             log.warning("%s", warning)
         self._ssl_context = environment.ssl_context
-        self._token = environment.auth_token
+        self._credentials = Credentials.of(self.config, environment)
+        if self._credentials.bound:
+            log.info("client ids are bound to their own credentials ([clients.N])")
+        elif environment.auth_token is not None or self.config.websocket.trusted_peers:
+            log.warning(
+                "either client's credential can claim either client id (a shared token or"
+                " trusted_peers); give each its own with [clients.1] and [clients.2]"
+            )
         async with trio.open_nursery() as nursery:
             self._supervisor = nursery
             try:
@@ -512,14 +519,14 @@ class Server:
             self.metrics.refused("unknown_path")
             await request.reject(404, "unknown path\n")
             return
-        if self._token is not None:
-            refusal = _token_refusal(request.header("authorization"), self._token)
-            if refusal is not None:
-                status, why = refusal
-                log.warning("refused %s: %s", remote, why)
-                self.metrics.refused("auth_token")
-                await request.reject(status, f"{why}\n")
-                return
+        token_owner = self._credentials.at_upgrade(
+            request.header("authorization"), request.header(CLIENT_ID_HEADER)
+        )
+        if isinstance(token_owner, Refused):
+            log.warning("refused %s: %s", remote, token_owner.reason)
+            self.metrics.refused("auth_token")
+            await request.reject(token_owner.status, f"{token_owner.reason}\n")
+            return
         ws = await request.accept()
         try:
             hello = await server_handshake(ws, timeout=ws_settings.handshake_timeout_secs)
@@ -535,6 +542,18 @@ class Server:
             if not isinstance(exc, _ws.ConnectionClosed):
                 await send_refusal(ws, why)
             await ws.aclose(1008, why)
+            return
+        mismatch = self._credentials.at_hello(
+            hello.client_id,
+            token_owner if isinstance(token_owner, int) else None,
+            request.peer_certificate,
+        )
+        if mismatch is not None:
+            # The live client of that id is left alone: the impostor never gets a session.
+            log.warning("refused %s: %s", remote, mismatch)
+            self.metrics.refused("credential")
+            await send_refusal(ws, mismatch)
+            await ws.aclose(1008, mismatch)
             return
         streams = self.config.streams
         settings = SessionSettings(
@@ -567,16 +586,6 @@ class Server:
         client = self._client_of(session)
         if client is not None:
             self._unregister(client, session.closing_reason or "closed")
-
-
-def _token_refusal(header: bytes | None, token: bytes) -> tuple[int, str] | None:
-    """None if ``header`` carries ``token``; else the HTTP status and the reason."""
-    if header is None:
-        return 401, "no auth token"
-    scheme, _, offered = header.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), token):
-        return 403, "wrong auth token"
-    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -205,9 +205,16 @@ def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | N
 class Request:
     """An incoming WebSocket upgrade, not yet accepted."""
 
-    def __init__(self, request: trio_websocket.WebSocketRequest, close_timeout: float) -> None:
+    def __init__(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        close_timeout: float,
+        peer_certificate: bytes | None = None,
+    ) -> None:
         self._request = request
         self._close_timeout = close_timeout
+        # The DER of the certificate the peer presented at the TLS handshake (mutual TLS).
+        self.peer_certificate = peer_certificate
 
     @property
     def path(self) -> str:
@@ -363,7 +370,9 @@ async def _serve_connection(
             await trio.aclose_forcefully(stream)
             return
         try:
-            await handler(Request(request, close_timeout))
+            await handler(
+                Request(request, close_timeout, getattr(stream, "peer_certificate", None))
+            )
         finally:
             nursery.cancel_scope.cancel()
             with trio.move_on_after(close_timeout) as close_scope:
