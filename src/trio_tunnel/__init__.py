@@ -13,6 +13,7 @@ The public API::
 from ._client import Client as Client
 from ._client import open_client as open_client
 from ._client import serve_client as serve_client
+from ._config import ClientCredentials as ClientCredentials
 from ._config import Config as Config
 from ._config import Connect as Connect
 from ._config import Environment as Environment

@@ -20,6 +20,7 @@ import trio_websocket
 
 from . import _proxy, _ws
 from ._config import Config, Environment, Listen, load_environment
+from ._credentials import CLIENT_ID_HEADER
 from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import client_handshake
@@ -122,8 +123,9 @@ class Client:
         for warning in environment.warnings:
             log.warning("%s", warning)
         self._ssl_context = environment.ssl_context
+        self._headers = [(CLIENT_ID_HEADER.encode("ascii"), str(self.client_id).encode("ascii"))]
         if environment.auth_token is not None:
-            self._headers = [(b"Authorization", b"Bearer " + environment.auth_token)]
+            self._headers.append((b"Authorization", b"Bearer " + environment.auth_token))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._manage_listeners)
             task_status.started(self)

@@ -104,6 +104,7 @@ SWITCH_REASONS = ("first_client", "data", "client_lost", "drain", "other")
 REFUSAL_REASONS = (
     "unknown_path",
     "auth_token",
+    "credential",  # a credential of the other client id ([clients.N])
     "handshake",
     "tls",
     # before authentication (see _admission): a phase's deadline, a bad request, or dropped

@@ -8,7 +8,6 @@ them to close, runs in the supervisor nursery.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import math
@@ -23,6 +22,7 @@ import trio
 
 from . import _ws
 from ._config import Config, Environment, load_environment
+from ._credentials import CLIENT_ID_HEADER, Credentials, Refused
 from ._drain import DrainResult, drain_sessions
 from ._errors import HandshakeError, RemoteProtocolError, StreamReset
 from ._hello import send_refusal, send_welcome, server_handshake
@@ -140,7 +140,7 @@ class Server:
         self.websocket_port = 0
         self._environment = environment
         self._ssl_context: ssl.SSLContext | None = None
-        self._token: bytes | None = None
+        self._credentials = Credentials(None, (), ())
         self._listeners = ListenerSet(self._on_tcp)
         # [failover] close_server_listeners: the listen ports stay closed until then.
         self._listeners_closed_until = float("-inf")
@@ -202,7 +202,14 @@ class Server:
         for warning in environment.warnings:
             log.warning("%s", warning)
         self._ssl_context = environment.ssl_context
-        self._token = environment.auth_token
+        self._credentials = Credentials.of(self.config, environment)
+        if self._credentials.bound:
+            log.info("client ids are bound to their own credentials ([clients.N])")
+        elif environment.auth_token is not None or self.config.websocket.trusted_peers:
+            log.warning(
+                "either client's credential can claim either client id (a shared token or"
+                " trusted_peers); give each its own with [clients.1] and [clients.2]"
+            )
         async with trio.open_nursery() as nursery:
             self._supervisor = nursery
             try:
@@ -560,13 +567,14 @@ class Server:
             request.refuse("unknown_path", f"unknown path {request.path!r}")
             await request.reject(404, "unknown path\n")
             return
-        if self._token is not None:
-            refusal = _token_refusal(request.header("authorization"), self._token)
-            if refusal is not None:
-                status, why = refusal
-                request.refuse("auth_token", why, kind=str(status))
-                await request.reject(status, f"{why}\n")
-                return
+        token_owner = self._credentials.at_upgrade(
+            request.header("authorization"), request.header(CLIENT_ID_HEADER)
+        )
+        if isinstance(token_owner, Refused):
+            status, why = token_owner.status, token_owner.reason
+            request.refuse("auth_token", why, kind=str(status))
+            await request.reject(status, f"{why}\n")
+            return
         ws = await request.accept()
         try:
             hello = await server_handshake(
@@ -584,6 +592,17 @@ class Server:
             if not isinstance(exc, _ws.ConnectionClosed):
                 await send_refusal(ws, why)
             await ws.aclose(1008, why)
+            return
+        mismatch = self._credentials.at_hello(
+            hello.client_id,
+            token_owner if isinstance(token_owner, int) else None,
+            request.peer_certificate,
+        )
+        if mismatch is not None:
+            # The live client of that id is left alone: the impostor never gets a session.
+            request.refuse("credential", mismatch, kind=str(hello.client_id))
+            await send_refusal(ws, mismatch)
+            await ws.aclose(1008, "credential of another client id")
             return
         request.admitted()
         conflict = self._id_conflict(hello.client_id, remote)
@@ -657,16 +676,6 @@ class Server:
         client = self._client_of(session)
         if client is not None:
             self._unregister(client, session.closing_reason or "closed")
-
-
-def _token_refusal(header: bytes | None, token: bytes) -> tuple[int, str] | None:
-    """None if ``header`` carries ``token``; else the HTTP status and the reason."""
-    if header is None:
-        return 401, "no auth token"
-    scheme, _, offered = header.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), token):
-        return 403, "wrong auth token"
-    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -209,6 +209,7 @@ class TlsServerStream(PeerStream):
         self._ssl = ssl_stream
         self._on_refused = on_refused
         self.subject = ""
+        self.peer_certificate: bytes | None = None  # DER, after the handshake
         self._ready = False
 
     async def _handshake(self) -> None:
@@ -228,6 +229,7 @@ class TlsServerStream(PeerStream):
             self.ended.set()
             raise
         self._ready = True
+        self.peer_certificate = self._ssl.getpeercert(binary_form=True)
         cert = self._ssl.getpeercert()
         if cert:
             self.subject = ", ".join(

@@ -284,12 +284,15 @@ class Request:
         close_timeout: float,
         admission: Admission,
         ticket: Ticket,
+        peer_certificate: bytes | None = None,
     ) -> None:
         self._request = request
         self._close_timeout = close_timeout
         self._admission = admission
         self._ticket = ticket
         self.hello_deadline = ticket.deadline
+        # The DER of the certificate the peer presented at the TLS handshake (mutual TLS).
+        self.peer_certificate = peer_certificate
 
     @property
     def path(self) -> str:
@@ -400,7 +403,10 @@ async def _serve_connection(
                     try:
                         request = await _request_head(stream, nursery, admission, ticket, head)
                         if request is not None:
-                            await handler(Request(request, close_timeout, admission, ticket))
+                            certificate = getattr(stream, "peer_certificate", None)  # TLS
+                            await handler(
+                                Request(request, close_timeout, admission, ticket, certificate)
+                            )
                     finally:
                         nursery.cancel_scope.cancel()
                         if request is not None:

@@ -16,6 +16,7 @@ from ._load import Environment as Environment
 from ._load import load_config as load_config
 from ._load import load_environment as load_environment
 from ._load import read_token as read_token
+from ._schema import ClientCredentials as ClientCredentials
 from ._schema import Config as Config
 from ._schema import Connect as Connect
 from ._schema import FailoverSettings as FailoverSettings
@@ -29,6 +30,7 @@ from ._together import Member as Member
 from ._together import check_together as check_together
 
 __all__ = [
+    "ClientCredentials",
     "Config",
     "Connect",
     "Environment",

@@ -23,7 +23,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from .._errors import ConfigError
 from ._checks import _field_problems, _format_problem, _InvalidConfig, _Path, _Problem, _show
-from ._schema import Config
+from ._schema import ClientCredentials, Config
 
 
 def _as_is(value: object, _type: object) -> object:
@@ -100,6 +100,33 @@ def _make_converter() -> cattrs.Converter:
 
     converter.register_structure_hook_factory(attrs.has, table_hook)
     converter.register_structure_hook_factory(_is_array_of_tables, array_hook)
+
+    def clients_hook(value: Any, _type: Any) -> tuple[ClientCredentials, ...]:
+        """``[clients.1]``, ``[clients.2]``: a table keyed by client id."""
+        if not isinstance(value, Mapping):
+            raise _InvalidConfig([((), f"expected a table (got {_show(value)})")])
+        entries: list[ClientCredentials] = []
+        problems: list[_Problem] = []
+        for key, table in value.items():
+            if key not in ("1", "2"):
+                problems.append(((str(key),), "unknown client id (the clients are 1 and 2)"))
+                continue
+            if not isinstance(table, Mapping):
+                problems.append(((key,), f"expected a table (got {_show(table)})"))
+                continue
+            try:
+                entries.append(
+                    converter.structure({**table, "client_id": int(key)}, ClientCredentials)
+                )
+            except Exception as exc:  # every failure becomes a message
+                problems += _problems_from(exc, (key,))
+        if problems:
+            raise _InvalidConfig(problems)
+        return tuple(sorted(entries, key=lambda entry: entry.client_id))
+
+    converter.register_structure_hook_func(
+        lambda type_: type_ == tuple[ClientCredentials, ...], clients_hook
+    )
     return converter
 
 

@@ -9,6 +9,7 @@ in a running event loop call it through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
 import ssl
@@ -47,6 +48,25 @@ class Environment:
     # several files: does each side pin what the other presents?).
     certificates: frozenset[bytes] = frozenset()
     pins: frozenset[bytes] = frozenset()
+    # [clients.N] (server): each client id's own token, and the SHA-256 of the certificates
+    # it may present.
+    client_tokens: tuple[tuple[int, bytes], ...] = ()
+    client_certificates: tuple[tuple[int, frozenset[bytes]], ...] = ()
+
+    def token_owner(self, presented: bytes) -> int | None:
+        """Which client id's [clients.N] token ``presented`` is (constant-time compare)."""
+        owner = None
+        for client_id, token in self.client_tokens:
+            if hmac.compare_digest(presented, token):
+                owner = client_id
+        return owner
+
+    def certificates_of(self, client_id: int) -> frozenset[bytes] | None:
+        """The certificate digests client ``client_id`` must present, if it has any."""
+        for owner, digests in self.client_certificates:
+            if owner == client_id:
+                return digests
+        return None
 
 
 def load_environment(config: Config, source: str | None = None) -> Environment:
@@ -80,6 +100,38 @@ def load_environment(config: Config, source: str | None = None) -> Environment:
         mode = _loose_mode(ws.auth_token_file)
         if mode is not None:
             warnings.append((("websocket", "auth_token_file"), mode))
+    client_tokens: list[tuple[int, bytes]] = []
+    client_certificates: list[tuple[int, frozenset[bytes]]] = []
+    for entry in config.clients:
+        path = ("clients", str(entry.client_id))
+        if entry.auth_token_file is not None:
+            problem = _readable_file(entry.auth_token_file)
+            if problem is not None:
+                problems.append(((*path, "auth_token_file"), problem))
+            else:
+                client_token, why = _token(entry.auth_token_file)
+                problems += [((*path, "auth_token_file"), text) for text in why]
+                if client_token is not None:
+                    client_tokens.append((entry.client_id, client_token.encode("ascii")))
+                mode = _loose_mode(entry.auth_token_file)
+                if mode is not None:
+                    warnings.append(((*path, "auth_token_file"), mode))
+        if entry.certificate is not None:
+            problem = _readable_file(entry.certificate)
+            if problem is not None:
+                problems.append(((*path, "certificate"), problem))
+            else:
+                from .. import _tls
+
+                try:
+                    _tls.check_trusted(entry.certificate)
+                    digests = _tls.load_pins(entry.certificate)
+                except (OSError, ValueError) as exc:
+                    problems.append(((*path, "certificate"), str(exc)))
+                else:
+                    client_certificates.append((entry.client_id, digests))
+    if len({token for _, token in client_tokens}) < len(client_tokens):
+        problems.append((("clients",), "clients 1 and 2 have the same token: give each its own"))
     settings = config.logging
     for key, problem in (
         ("file", _log_file(settings.file)),
@@ -109,6 +161,8 @@ def load_environment(config: Config, source: str | None = None) -> Environment:
         warnings=tuple(_lines(warnings, source).splitlines()),
         certificates=certificates,
         pins=pins,
+        client_tokens=tuple(client_tokens),
+        client_certificates=tuple(client_certificates),
     )
 
 
@@ -279,3 +333,12 @@ def _resolve_relative_paths(data: dict[str, Any], base: str) -> None:
             value = table.get(key)
             if isinstance(value, str) and value and not os.path.isabs(value):
                 table[key] = os.path.join(base, value)
+    clients = data.get("clients")
+    if isinstance(clients, dict):
+        for table in clients.values():
+            if not isinstance(table, dict):
+                continue
+            for key in ("auth_token_file", "certificate"):
+                value = table.get(key)
+                if isinstance(value, str) and value and not os.path.isabs(value):
+                    table[key] = os.path.join(base, value)

@@ -290,6 +290,22 @@ class MetricsSettings(_Checked):
 
 
 @attrs.frozen(kw_only=True)
+class ClientCredentials(_Checked):
+    """A ``[clients.N]`` table (server only): the credential that client N, and only it, must
+    present. With these, a connection claiming id N is refused unless it shows N's token
+    and/or certificate, so one client's key can never claim the other's id."""
+
+    client_id: int = attrs.field(metadata=_checked(_client_id))
+    auth_token_file: str | None = attrs.field(default=None, metadata=_checked(_path_name))
+    certificate: str | None = attrs.field(default=None, metadata=_checked(_path_name))
+
+    def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
+        if self.auth_token_file is None and self.certificate is None:
+            return [((), "give auth_token_file, certificate, or both")]
+        return []
+
+
+@attrs.frozen(kw_only=True)
 class Config(_Checked):
     """A whole trio-tunnel configuration, for one server or one client process."""
 
@@ -313,11 +329,22 @@ class Config(_Checked):
     shutdown: ShutdownSettings = attrs.field(
         factory=ShutdownSettings, metadata=_checked(_instance_of(ShutdownSettings))
     )
+    # ``[clients.1]`` and ``[clients.2]``: per-client credentials (server only).
+    clients: tuple[ClientCredentials, ...] = attrs.field(
+        default=(), metadata=_checked(_tuple_of(ClientCredentials))
+    )
 
     @property
     def is_server(self) -> bool:
         """True for the server, False for a client."""
         return self.role == "server"
+
+    def credentials_of(self, client_id: int) -> ClientCredentials | None:
+        """The ``[clients.N]`` table of ``client_id``, if the server has one."""
+        for entry in self.clients:
+            if entry.client_id == client_id:
+                return entry
+        return None
 
     def _cross_problems(self, bad: set[str | int]) -> list[_Problem]:
         problems: list[_Problem] = []
@@ -333,6 +360,8 @@ class Config(_Checked):
             problems += _metrics_port_problems(self)
         if not bad & {"role", "websocket"}:
             problems += [(("websocket", *path), why) for path, why in _tls_problems(self)]
+        if not bad & {"role", "websocket", "clients"}:
+            problems += _clients_problems(self)
         return problems
 
 
@@ -361,6 +390,44 @@ def _tls_problems(config: Config) -> Iterable[_Problem]:
                 else ("for a wss:// server")
             )
             yield (key,), f"required {why}"
+
+
+def _clients_problems(config: Config) -> Iterable[_Problem]:
+    """``[clients.N]``: server only, each id once, the same kind of credential for both
+    clients, and a certificate only where a server checks client certificates."""
+    if not config.clients:
+        return
+    if not config.is_server:
+        yield ("clients",), "only a server has [clients.N] tables (a client keeps its own keys)"
+        return
+    seen: set[int] = set()
+    for entry in config.clients:
+        key = str(entry.client_id)
+        if entry.client_id in seen:
+            yield ("clients", key), "given twice"
+        seen.add(entry.client_id)
+        ws = config.websocket
+        if entry.certificate is not None and not (ws.scheme == "wss" and ws.mutual_tls):
+            yield (
+                ("clients", key, "certificate"),
+                "needs mutual_tls = true on a wss:// url (only then do clients present one)",
+            )
+    for kind in ("auth_token_file", "certificate"):
+        having = [e.client_id for e in config.clients if getattr(e, kind) is not None]
+        for client_id in (1, 2):
+            if having and client_id not in having:
+                yield (
+                    ("clients", str(client_id), kind),
+                    f"required: clients.{having[0]}.{kind} is given, so each client id needs"
+                    " its own (otherwise that id could be claimed without one)",
+                )
+    if any(e.auth_token_file is not None for e in config.clients) and (
+        config.websocket.auth_token_file is not None
+    ):
+        yield (
+            ("websocket", "auth_token_file"),
+            "a shared token cannot be combined with [clients.N] tokens: remove one of them",
+        )
 
 
 def _role_problems(config: Config) -> Iterable[_Problem]:
