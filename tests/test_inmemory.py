@@ -507,3 +507,31 @@ async def test_second_connection_with_the_same_id_replaces_the_first(
                 assert state.active == 1
                 await old.wait_for("active")
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_demoted_client_that_restarts_keeps_its_close_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Restarting (a new connection, the session replaced) must not let a demoted client
+    skip the close period that keeps it from re-activating."""
+    close_secs = 20.0
+    with trio.fail_after(120):
+        async with open_memory_deployment(
+            server_config(close_secs=close_secs),
+            [client_config(1, listen=True), client_config(2, listen=True)],
+        ) as deployment:
+            server = deployment.server
+            await deployment.client(2).wait_for("listening")
+            await _activate(deployment, 2)
+            state = await server.wait_state(lambda s: s.active == 2)
+            demoted_at = state.since
+            await trio.sleep(2)
+            await deployment.restart_client(1)
+            await server.wait_state(lambda s: 1 in s.clients)
+            assert server.state.clients[1].demoted_until == approx(demoted_at + close_secs)
+            await _activate(deployment, 1)
+            await _settled()
+            assert server.state.active == 2  # refused: still in its close period
+            await trio.sleep_until(demoted_at + close_secs + 0.1)
+            await _activate(deployment, 1)
+            await server.wait_state(lambda s: s.active == 1)

@@ -130,6 +130,7 @@ class Server:
         self.config = config
         self._connects = {c.tunnel: (c.host, c.port) for c in config.connect}
         self._clients: dict[int, _Client] = {}
+        self._close_until: dict[int, float] = {}  # client id -> end of its close period
         self._active: int | None = None
         self._epoch = 0
         self._since = trio.current_time()
@@ -457,7 +458,7 @@ class Server:
             )
         elif old is not None:
             close_secs = self.config.failover.standby_socket_close_secs
-            old.demoted_until = now + close_secs
+            old.demoted_until = self._close_until[old.client_id] = now + close_secs
             old.demoted_epoch = self._epoch
             old.session.send_control(
                 {
@@ -538,7 +539,13 @@ class Server:
             )
             self._replacements.replaced(client_id, trio.current_time())
             self._unregister(old, "replaced by a new connection")
-        self._clients[client_id] = _Client(client_id, session, remote, trio.current_time())
+        now = trio.current_time()
+        # A demoted client's close period outlives its connection: reconnecting (or a quick
+        # restart replacing the session) does not let it ask to be active again any sooner.
+        close_until = self._close_until.get(client_id, 0.0)
+        self._clients[client_id] = _Client(
+            client_id, session, remote, now, demoted_until=close_until if close_until > now else 0.0
+        )
         self._log_state(f"client {client_id} connected from {remote}")
         if self._active is None:
             self._switch(client_id, f"client {client_id} connected and no client was active")
