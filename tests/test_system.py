@@ -114,6 +114,11 @@ def test_demo_exits_zero() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SHA-256 match" in result.stdout
     assert "active client: client 2" in result.stdout
+    # A newcomer sees the files a deployment uses, the status table and both failovers.
+    assert "--- server.toml" in result.stdout and "--- client1.toml" in result.stdout
+    assert "$ trio-tunnel status" in result.stdout
+    assert "switches: client_lost 1, data 1, first_client 1" in result.stdout
+    assert "failover 2: the active client (client 2) is lost" in result.stdout
 
 
 async def test_sighup_reloads_tunnels(

@@ -1,7 +1,9 @@
 """``trio-tunnel demo``: the whole product in one process on 127.0.0.1, in a few seconds.
 
-A server, client 1, client 2 and an echo service; one tunnel each way. Traffic goes through
-both tunnels, then data arrives at client 2's listener and client 2 takes over.
+A server, client 1, client 2 and an echo service; one tunnel each way. It shows the config
+files such a deployment uses, pushes traffic through both tunnels, shows the `trio-tunnel
+status` table, then two failovers: data arriving at client 2's listener (client 2 takes
+over), and the loss of the active client (the common case: client 1 takes over at once).
 """
 
 from __future__ import annotations
@@ -10,14 +12,23 @@ import hashlib
 import logging
 import os
 import statistics
+import sys
+import textwrap
 import time
 from functools import partial
 
 import trio
 
 from ._client import Client, open_client
-from ._config import Config, Connect, FailoverSettings, Listen, WebSocketSettings
+from ._config import Config, parse_config
+from ._metrics_http import readiness, render_metrics
 from ._server import Server, open_server
+from ._status import _Sample, parse_exposition, summary
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 _PAYLOAD_BYTES = 8 * 1024 * 1024
 _PING_COUNT = 200
@@ -89,6 +100,58 @@ async def _ping_pong(port: int) -> list[float]:
     return times
 
 
+SERVER_TOML = """\
+role = "server"
+
+[websocket]
+url = "ws://127.0.0.1:{ws_port}/"
+
+[failover]
+standby_socket_close_secs = 2
+
+[[listen]]                 # applications at the hub connect here ...
+tunnel = "to-site"
+port = {listen_port}
+
+[[connect]]                # ... and streams from the sites go to this service
+tunnel = "to-hub"
+host = "127.0.0.1"
+port = {echo_port}
+"""
+
+CLIENT_TOML = """\
+role = "client"
+client_id = {client_id}              # 1 = primary, 2 = secondary
+
+[websocket]
+url = "ws://127.0.0.1:{ws_port}/"
+
+[[listen]]
+tunnel = "to-hub"
+port = {listen_port}
+
+[[connect]]
+tunnel = "to-site"
+host = "127.0.0.1"
+port = {echo_port}
+"""
+
+
+def _config(name: str, text: str) -> Config:
+    print(f"--- {name}")
+    print(textwrap.indent(text.rstrip(), "    "))
+    return parse_config(tomllib.loads(text), name)
+
+
+def _status(server: Server) -> None:
+    """The table `trio-tunnel status` prints (the server's /metrics and /health)."""
+    _, document = readiness(server.metrics)
+    sample = _Sample(time.monotonic(), parse_exposition(render_metrics(server.metrics)))
+    print("\n$ trio-tunnel status http://127.0.0.1:9108/   # the server's [metrics] endpoint")
+    for line in summary(document, sample, None):
+        print(f"  {line}")
+
+
 def _active(server: Server) -> str:
     active = server.state.active
     return f"client {active}" if active is not None else "none"
@@ -101,32 +164,40 @@ async def _demo() -> None:
                 partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")
             )
             echo_port = echo_listeners[0].socket.getsockname()[1]
-            server_config = Config(
-                role="server",
-                websocket=WebSocketSettings(url="ws://127.0.0.1:0/"),
-                failover=FailoverSettings(standby_socket_close_secs=2),
-                listen=(Listen(tunnel="to-site", port=0),),
-                connect=(Connect(tunnel="to-hub", host="127.0.0.1", port=echo_port),),
+            print("A deployment is three files, one per process (`trio-tunnel run FILE`):")
+            print("(port 0 asks for a free port; a real deployment names its ports)\n")
+            server_config = _config(
+                "server.toml",
+                SERVER_TOML.format(ws_port=0, listen_port=0, echo_port=echo_port),
             )
             async with open_server(server_config) as server:
+                clients: list[Client] = []
+                scopes: list[trio.CancelScope] = []
+                for client_id in (1, 2):
+                    text = CLIENT_TOML.format(
+                        client_id=client_id,
+                        ws_port=server.websocket_port,
+                        listen_port=0,
+                        echo_port=echo_port,
+                    )
+                    config = (
+                        _config(f"client{client_id}.toml", text)
+                        if client_id == 1
+                        else parse_config(tomllib.loads(text), "client2.toml")
+                    )
+                    scope = trio.CancelScope()
+                    client = await nursery.start(_run_client, config, scope)
+                    await client.wait_for("listening")
+                    clients.append(client)
+                    scopes.append(scope)
+                print("--- client2.toml: the same with client_id = 2\n")
                 print(
                     f"server: WebSocket on 127.0.0.1:{server.websocket_port}, tunnel "
                     f"'to-site' listening on 127.0.0.1:{server.listen_ports['to-site']}"
                 )
-                clients: list[Client] = []
-                for client_id in (1, 2):
-                    config = Config(
-                        role="client",
-                        client_id=client_id,
-                        websocket=WebSocketSettings(url=f"ws://127.0.0.1:{server.websocket_port}/"),
-                        listen=(Listen(tunnel="to-hub", port=0),),
-                        connect=(Connect(tunnel="to-site", host="127.0.0.1", port=echo_port),),
-                    )
-                    client = await nursery.start(_run_client, config)
-                    await client.wait_for("listening")
-                    clients.append(client)
+                for client in clients:
                     print(
-                        f"client {client_id}: connected, tunnel 'to-hub' listening on "
+                        f"client {client.client_id}: connected, tunnel 'to-hub' listening on "
                         f"127.0.0.1:{client.listen_ports['to-hub']}"
                     )
                 await server.wait_state(lambda s: len(s.clients) == 2)
@@ -134,8 +205,9 @@ async def _demo() -> None:
 
                 await _report("server -> active client -> echo", server.listen_ports["to-site"])
                 await _report("client 1 -> server -> echo", clients[0].listen_ports["to-hub"])
+                _status(server)
 
-                print("\nfailover: data arrives at client 2's listener ...")
+                print("\nfailover 1: data arrives at client 2's listener ...")
                 started = time.perf_counter()
                 async with await trio.open_tcp_stream(
                     "127.0.0.1", clients[1].listen_ports["to-hub"]
@@ -154,14 +226,29 @@ async def _demo() -> None:
                     f"{server_config.failover.standby_socket_close_secs:g}s"
                 )
                 await _report("server -> active client -> echo", server.listen_ports["to-site"])
+
+                print("\nfailover 2: the active client (client 2) is lost ...")
+                started = time.perf_counter()
+                scopes[1].cancel()
+                await server.wait_state(lambda s: s.active == 1)
+                switched = time.perf_counter() - started
+                print(
+                    f"active client: {_active(server)} after {switched * 1000:.1f} ms, its close "
+                    "period overridden: the only client left must carry the traffic"
+                )
+                await _report("server -> active client -> echo", server.listen_ports["to-site"])
+                _status(server)
                 print("\ndemo finished: all transfers verified with SHA-256")
             nursery.cancel_scope.cancel()
 
 
-async def _run_client(config: Config, *, task_status: trio.TaskStatus[Client]) -> None:
-    async with open_client(config) as client:
-        task_status.started(client)
-        await trio.sleep_forever()
+async def _run_client(
+    config: Config, scope: trio.CancelScope, *, task_status: trio.TaskStatus[Client]
+) -> None:
+    with scope:
+        async with open_client(config) as client:
+            task_status.started(client)
+            await trio.sleep_forever()
 
 
 async def _report(label: str, port: int) -> None:
