@@ -484,7 +484,9 @@ async def test_second_connection_with_the_same_id_replaces_the_first(
             first_remote = before.clients[1].remote
             # A second process with the same id (a copy started by mistake, or a restart
             # before the old connection is known to be dead).
-            new = tt.Client(config, open_transport=deployment.dialer("twin"))
+            new = tt.Client(
+                config, tt.load_environment(config), open_transport=deployment.dialer("twin")
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(new.serve)
                 await new.wait_for("connected")
