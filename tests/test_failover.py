@@ -76,8 +76,11 @@ async def _download_handler(tcp: trio.SocketStream) -> None:
         await tcp.aclose()
 
 
-async def deploy(nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess]) -> Deployment:
-    """Server, then client 1 (which becomes active), then client 2 (standby)."""
+async def deploy(
+    nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess], *, websocket: str = ""
+) -> Deployment:
+    """Server, then client 1 (which becomes active), then client 2 (standby); ``websocket``
+    adds lines to every process's [websocket] table."""
     up_service = await start_service(nursery, tag_handler(TAG_UP))
     tag_services = {
         1: await start_service(nursery, tag_handler(TAG1)),
@@ -87,7 +90,7 @@ async def deploy(nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProces
     ws, down, big = free_port(), free_port(), free_port()
     up = {1: free_port(), 2: free_port()}
     server_toml = toml_config(
-        "server", ws, listen={"down": down, "big": big}, connect={"up": up_service}
+        "server", ws, listen={"down": down, "big": big}, connect={"up": up_service}, extra=websocket
     )
     server = TunnelProcess("server", server_toml + _failover(CLOSE_SECS), tmp_path)
     procs.append(server)
@@ -100,6 +103,7 @@ async def deploy(nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProces
             client_id=client_id,
             listen={"up": up[client_id]},
             connect={"down": tag_services[client_id], "big": download},
+            extra=websocket,
         )
         # One template for all three configs: the clients' own value must lose to the server's.
         clients[client_id] = TunnelProcess(
@@ -266,16 +270,19 @@ async def test_sigstop_of_the_active_client_then_sigcont_comes_back_standby(
     nursery: trio.Nursery, tmp_path: Path, procs: list[TunnelProcess]
 ) -> None:
     with trio.fail_after(50):
-        dep = await deploy(nursery, tmp_path, procs)  # default ping 5s, timeout 10s
+        # Short pings: the exact timing is the in-memory tier's (test_inmemory.py); this shows
+        # a real frozen process is declared dead and comes back as standby.
+        pings = "ping_interval_secs = 1\nping_timeout_secs = 3"
+        dep = await deploy(nursery, tmp_path, procs, websocket=pings)
         stopped_at = time.monotonic()
         dep.clients[1].signal(signal.SIGSTOP)
         switched_at = await dep.server.wait_log(r"active client 1 -> 2", timeout=25)
         took = switched_at - stopped_at
         print(
             f"\nSIGSTOP of the active client: client 2 active after {took:.2f}s "
-            f"(ping_timeout_secs 10)"
+            f"(ping_timeout_secs 3)"
         )
-        assert took < 15
+        assert took < 8
         assert await ask_tag(dep.down) == TAG2
 
         dep.clients[1].signal(signal.SIGCONT)
