@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 import trio_websocket
@@ -41,6 +41,7 @@ _CANCELLED_CLOSE_SECS = 0.1
 ConnectionClosed = WebSocketClosed  # the name the rest of the package catches
 FAST_MASKING = _mask.FAST_MASKING
 log = logging.getLogger("trio_tunnel.websocket")
+T = TypeVar("T")
 
 
 @contextmanager
@@ -181,29 +182,20 @@ async def _client_upgrade(
     tls: bool,
 ) -> trio_websocket.WebSocketConnection:
     """The HTTP upgrade, ended at once (with the stream's own error) if the stream fails."""
-    connection: trio_websocket.WebSocketConnection | None = None
-    async with trio.open_nursery() as race:
-
-        async def upgrade() -> None:
-            nonlocal connection
-            connection = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]  # any trio stream works; typed too narrowly
-                host_header,
-                resource,
-                extra_headers=headers,
-                message_queue_size=1,
-                max_message_size=MAX_MESSAGE_SIZE,
-                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-            )
-            race.cancel_scope.cancel()
-
-        async def ended() -> None:
-            await stream.ended.wait()
-            race.cancel_scope.cancel()
-
-        race.start_soon(upgrade)
-        race.start_soon(ended)
+    connection = await _unless_ended(
+        stream,
+        partial(
+            trio_websocket.wrap_client_stream,
+            nursery,
+            stream,  # type: ignore[arg-type]  # any trio stream works; typed too narrowly
+            host_header,
+            resource,
+            extra_headers=headers,
+            message_queue_size=1,
+            max_message_size=MAX_MESSAGE_SIZE,
+            receive_buffer_size=RECEIVE_BUFFER_SIZE,
+        ),
+    )
     if connection is not None:
         return connection
     failure = stream.failure
@@ -494,26 +486,18 @@ async def _request_head(
     refusals = admission.refusals
     request: trio_websocket.WebSocketRequest | None = None
     with trio.move_on_at(deadline) as head_scope:
-        async with trio.open_nursery() as race:
-
-            async def upgrade() -> None:
-                nonlocal request
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    stream,
-                    message_queue_size=1,
-                    max_message_size=MAX_MESSAGE_SIZE,
-                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                )
-                race.cancel_scope.cancel()
-
-            async def ended() -> None:
-                # The library answered a bad request (400) and closed, or the peer left.
-                await stream.ended.wait()
-                race.cancel_scope.cancel()
-
-            race.start_soon(upgrade)
-            race.start_soon(ended)
+        # Ended first: the library answered a bad request (400) and closed, or the peer left.
+        request = await _unless_ended(
+            stream,
+            partial(
+                trio_websocket.wrap_server_stream,
+                nursery,
+                stream,
+                message_queue_size=1,
+                max_message_size=MAX_MESSAGE_SIZE,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+            ),
+        )
     if request is not None:
         admission.prove(ticket)
         return request
@@ -526,6 +510,25 @@ async def _request_head(
     else:
         refusals.note("bad_request", stream.remote, "not a valid WebSocket upgrade request")
     return None
+
+
+async def _unless_ended(stream: PeerStream, operation: Callable[[], Awaitable[T]]) -> T | None:
+    """``operation()``'s result, or None if ``stream`` ends first (its reader failed or the
+    peer left), so an upgrade never waits out its deadline on a dead stream."""
+    result: list[T] = []
+    async with trio.open_nursery() as race:
+
+        async def run() -> None:
+            result.append(await operation())
+            race.cancel_scope.cancel()
+
+        async def ended() -> None:
+            await stream.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(run)
+        race.start_soon(ended)
+    return result[0] if result else None
 
 
 def _secs(value: float) -> str:
