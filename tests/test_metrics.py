@@ -291,7 +291,7 @@ def test_listen_port_collisions() -> None:
 def test_describe() -> None:
     assert "metrics: no endpoint" in tt.describe_config(parse_config(SERVER))
     text = tt.describe_config(parse_config(with_metrics("[::1]:9108")))
-    assert "metrics: GET /metrics and /health on http://[::1]:9108/" in text
+    assert "metrics: GET /metrics, /livez, /readyz and /health on http://[::1]:9108/" in text
 
 
 # --- HTTP helpers -----------------------------------------------------------------------------

@@ -119,7 +119,9 @@ def describe_config(config: Config, environ: Mapping[str, str] | None = None) ->
     if address is None:
         lines.append("metrics: no endpoint")
     else:
-        lines.append(f"metrics: GET /metrics and /health on http://{_address(*address)}/")
+        lines.append(
+            f"metrics: GET /metrics, /livez, /readyz and /health on http://{_address(*address)}/"
+        )
     return "\n".join(lines)
 
 
