@@ -244,6 +244,8 @@ async def test_a_real_prometheus_scrapes_a_server_and_fires_no_active_client(
     prometheus = _start_prometheus(tmp_path, prometheus_port)
     try:
         await server.wait_log(r"serving /metrics and /health on")
+        # The metrics port is bound first; the tunnel's listen ports open just after.
+        await server.wait_log(r"server listening")
         # A connection while no client is connected is refused and counted.
         with trio.fail_after(10):
             try:
