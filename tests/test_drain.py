@@ -257,7 +257,10 @@ def test_drain_secs_config() -> None:
 
 # -- real processes ------------------------------------------------------------------------
 
-DRAIN_SECS = 3
+# Generous: a drain ends as soon as its streams do, so a long deadline costs nothing when the
+# machine is fast, and a loaded CI machine (coverage tracing every process) still finishes
+# the transfers inside it (at 3 s, one ended reset with every byte in, once).
+DRAIN_SECS = 10
 PIECES = 16
 PIECE_BYTES = 64 * 1024
 PAUSE_SECS = 0.05  # a transfer takes about a second: well inside the deadline
